@@ -1,0 +1,46 @@
+"""Shared test set-up: JAX backend unless a test says otherwise, and a CLI runner."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Eight virtual CPU devices for mesh tests; single-device code still uses the first one.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_command(args, cwd=None, env=None, timeout=600, check=False):
+    """Run `python -m ...`/`theseus ...` as a user would, in a subprocess; its CompletedProcess."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    result = subprocess.run(
+        args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture
+def theseus_cli():
+    """Call the installed `theseus` console script (falls back to `python -m theseus.cli`)."""
+
+    def call(*args, **kwargs):
+        return run_command([sys.executable, "-m", "theseus.cli", *map(str, args)], **kwargs)
+
+    return call
+
+
+@pytest.fixture
+def recipe():
+    def call(*args, **kwargs):
+        return run_command([sys.executable, "-m", "theseus.recipes", *map(str, args)], **kwargs)
+
+    return call

@@ -1,0 +1,1 @@
+"""Mesh axis names, topology and run folders: what is shared by models and trainers."""

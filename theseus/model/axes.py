@@ -1,0 +1,21 @@
+"""Logical axis names: what each dimension of a weight *is*.
+
+Every weight declares one `Axes` member (or None) per dimension when it is created;
+a model's `sharding` rules then say where each logical axis goes on the mesh.
+"""
+
+from enum import Enum
+
+
+class Axes(str, Enum):
+    VOCAB = "vocab"  # token embedding rows / output logits
+    BLOCK_SIZE = "block_size"  # learned position embedding rows
+    N_EMBD = "n_embd"  # the residual stream width (d_model)
+    N_EMBD_FF = "n_embd_ff"  # the MLP hidden width
+    N_EMBD_OUT = "n_embd_out"  # attention output projection input (heads * head_dim)
+    N_ATTN = "n_attn"  # query heads * head_dim (fused or not)
+    N_KV = "n_kv"  # key/value heads * head_dim (smaller than N_ATTN under GQA)
+    N_LAYER = "n_layer"  # stacked-layer dimension, for models that scan over layers
+
+    def __str__(self) -> str:
+        return self.value

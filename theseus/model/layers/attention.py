@@ -1,0 +1,133 @@
+"""Causal self-attention with separate q/k/v projections, grouped-query heads and RoPE.
+
+Separate projections keep each weight's logical axes whole: the query projection is
+`(N_EMBD, N_ATTN)`, keys and values `(N_EMBD, N_KV)`, the output `(N_EMBD_OUT, N_EMBD)`,
+so tensor parallelism splits heads, never the inside of a head.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import keras
+from keras import ops
+
+from theseus.model.axes import Axes
+from theseus.model.layers.dense import Dense
+from theseus.model.layers.norms import RMSNorm
+from theseus.model.layers.rotary import apply_rotary
+from theseus.model.module import Module
+
+
+class CausalSelfAttention(Module):
+    """Multi-head causal self-attention through `keras.ops.dot_product_attention`.
+
+    Args:
+        n_head: query heads.
+        head_dim: width of one head.
+        n_kv_head: key/value heads (grouped-query attention); defaults to `n_head`.
+        qkv_bias / out_bias: biases on the q/k/v and output projections.
+        qk_norm: RMS-normalise each query and key head before RoPE (Qwen3), with `qk_norm_eps`.
+        init_std / out_init_std: normal initializer scales (input / output projections).
+    """
+
+    def __init__(
+        self,
+        n_head: int,
+        head_dim: int,
+        n_kv_head: Optional[int] = None,
+        qkv_bias: bool = True,
+        out_bias: bool = True,
+        qk_norm: bool = False,
+        qk_norm_eps: float = 1e-6,
+        init_std: float = 0.02,
+        out_init_std: float = 0.02,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.n_head, self.head_dim = n_head, head_dim
+        self.n_kv_head = n_kv_head or n_head
+        if n_head % self.n_kv_head:
+            raise ValueError(f"n_head ({n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+        self.qkv_bias, self.out_bias = qkv_bias, out_bias
+        self.qk_norm, self.qk_norm_eps = qk_norm, qk_norm_eps
+        self.init_std, self.out_init_std = init_std, out_init_std
+        normal = keras.initializers.RandomNormal
+        q_width, kv_width = n_head * head_dim, self.n_kv_head * head_dim
+        self.query = Dense(q_width, (Axes.N_EMBD, Axes.N_ATTN), qkv_bias, normal(stddev=init_std), name="query")
+        self.key = Dense(kv_width, (Axes.N_EMBD, Axes.N_KV), qkv_bias, normal(stddev=init_std), name="key")
+        self.value = Dense(kv_width, (Axes.N_EMBD, Axes.N_KV), qkv_bias, normal(stddev=init_std), name="value")
+        if qk_norm:
+            self.query_norm = RMSNorm(qk_norm_eps, axes=(None,), name="query_norm")
+            self.key_norm = RMSNorm(qk_norm_eps, axes=(None,), name="key_norm")
+
+    def build(self, input_shape: tuple) -> None:
+        # The output width is the input's, known only now.
+        self.output_proj = Dense(
+            input_shape[-1],
+            (Axes.N_EMBD_OUT, Axes.N_EMBD),
+            self.out_bias,
+            keras.initializers.RandomNormal(stddev=self.out_init_std),
+            name="output",
+        )
+        for projection in (self.query, self.key, self.value):
+            projection.build(input_shape)
+        self.output_proj.build((*input_shape[:-1], self.n_head * self.head_dim))
+        if self.qk_norm:
+            self.query_norm.build((self.head_dim,))
+            self.key_norm.build((self.head_dim,))
+
+    def call(self, x, rotary=None, cache=None, cache_index=None, attention_mask=None):
+        """Attend causally over `x` (B, T, C).
+
+        Args:
+            rotary: `(cos, sin)` tables for the T positions, or None (no RoPE).
+            cache: `(keys, values)` each (B, S, n_kv_head, hd) holding earlier positions;
+                the new keys/values are written at `cache_index` and attention spans the
+                whole cache under `attention_mask`.
+            attention_mask: (B, T, S) boolean, True where a query may attend a key. With
+                no cache and no mask, attention is causal.
+
+        Returns:
+            The output (B, T, C), and the updated cache when one was given.
+        """
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        q = ops.reshape(self.query(x), (batch, length, self.n_head, self.head_dim))  # (B, T, H, hd)
+        k = ops.reshape(self.key(x), (batch, length, self.n_kv_head, self.head_dim))  # (B, T, Hkv, hd)
+        v = ops.reshape(self.value(x), (batch, length, self.n_kv_head, self.head_dim))
+        if self.qk_norm:
+            q, k = self.query_norm(q), self.key_norm(k)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if cache is not None:
+            cached_k, cached_v = cache
+            start = [0, cache_index, 0, 0]
+            k = ops.slice_update(cached_k, start, ops.cast(k, cached_k.dtype))  # (B, S, Hkv, hd)
+            v = ops.slice_update(cached_v, start, ops.cast(v, cached_v.dtype))
+            cache = (k, v)
+        if self.n_kv_head != self.n_head:  # grouped-query: each kv head serves a group of queries
+            groups = self.n_head // self.n_kv_head
+            k_all, v_all = ops.repeat(k, groups, axis=2), ops.repeat(v, groups, axis=2)
+        else:
+            k_all, v_all = k, v
+        if attention_mask is None and cache is None:
+            y = ops.dot_product_attention(q, k_all, v_all, is_causal=True)  # (B, T, H, hd)
+        else:
+            mask = ops.expand_dims(attention_mask, axis=1)  # (B, 1, T, S): same for every head
+            y = ops.dot_product_attention(q, k_all, ops.cast(v_all, q.dtype), mask=mask)
+        y = self.output_proj(ops.reshape(y, (batch, length, self.n_head * self.head_dim)))
+        return (y, cache) if cache is not None else y
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "n_head": self.n_head,
+            "head_dim": self.head_dim,
+            "n_kv_head": self.n_kv_head,
+            "qkv_bias": self.qkv_bias,
+            "out_bias": self.out_bias,
+            "qk_norm": self.qk_norm,
+            "qk_norm_eps": self.qk_norm_eps,
+            "init_std": self.init_std,
+            "out_init_std": self.out_init_std,
+        }

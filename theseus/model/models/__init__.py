@@ -1,0 +1,6 @@
+"""Model families, one file each; import them from here."""
+
+from theseus.model.models.causal_lm import IGNORE_INDEX, CausalLM
+from theseus.model.models.gpt import GPT
+
+__all__ = ["CausalLM", "GPT", "IGNORE_INDEX"]

@@ -1,0 +1,59 @@
+"""`CausalLM`: what every decoder-only family shares as a trainable Keras model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from theseus.model.module import Module
+
+IGNORE_INDEX = -100
+"""A target equal to this is padding or a masked (e.g. prompt) token: it adds no loss."""
+
+
+def causal_lm_loss() -> keras.losses.Loss:
+    """Next-token cross-entropy on float32 logits, averaged over the targets that count."""
+    return keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, ignore_class=IGNORE_INDEX, name="causal_lm_loss"
+    )
+
+
+class CausalLM(Module, keras.Model):
+    """A `Module` that is also a `keras.Model`: `model.fit` works on it directly.
+
+    Inputs are token ids (B, T), outputs float32 logits (B, T, vocab); targets are the
+    inputs shifted by one, with `IGNORE_INDEX` where no loss should be taken.
+    """
+
+    def compile(self, optimizer: Any = "adamw", loss: Any = "auto", **kwargs: Any) -> None:
+        """`keras.Model.compile` with the causal-LM loss as the default (`loss="auto"`)."""
+        super().compile(optimizer=optimizer, loss=causal_lm_loss() if loss == "auto" else loss, **kwargs)
+
+
+class ModuleLM(CausalLM):
+    """A trainable model around a plain `Module` that maps token ids to logits.
+
+    Lets a user subclass `Module` directly (as the tutorial shows) and still train it
+    with `model.fit`; its sharding rules and weights' logical axes carry over.
+    """
+
+    def __init__(self, module: Module, **kwargs: Any) -> None:
+        super().__init__(name=kwargs.pop("name", f"{module.name}_lm"), **kwargs)
+        self.module = module
+
+    @property
+    def sharding(self):
+        return self.module.sharding
+
+    def build(self, input_shape: tuple) -> None:
+        self.module.build(input_shape)
+        self.built = True
+
+    def call(self, token_ids, training=False):
+        return keras.ops.cast(self.module(token_ids, training=training), "float32")
+
+
+def as_causal_lm(module: Module) -> CausalLM:
+    """`module` itself when it is already a model, else wrapped in a `ModuleLM`."""
+    return module if isinstance(module, keras.Model) else ModuleLM(module)

@@ -1,0 +1,1 @@
+"""`python -m theseus.recipes JOB ...`: run a registered job with fire-style flags."""

@@ -1,0 +1,49 @@
+"""Run a registered job: `python -m theseus.recipes gpt/train/pretrain [--flags]`.
+
+    --config FILE    a YAML (full, from `theseus configure`, or partial, like recipes/gpt/*.yaml)
+    --out DIR        where runs live (default: runs)
+    --name NAME      the run's folder name (default: the job key with dashes)
+    --backend NAME   jax (default), tensorflow or torch
+    --any.config.key=VALUE   override one config value, e.g. --training.tokens=2e6
+
+Running the same command again resumes the run from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import theseus  # noqa: F401  (sets the default Keras backend before Keras loads)
+
+
+def main(job: str, config: str | None = None, out: str = "runs", name: str | None = None,
+         backend: str | None = None, **overrides) -> None:
+    if backend is not None:
+        os.environ["KERAS_BACKEND"] = backend
+    from theseus.base import run as runs
+    from theseus.config import ConfigError, resolve
+
+    try:
+        if config is not None:
+            key, fields, values = runs.read_config(config, None, job=job)
+        else:
+            key, fields, values = job, runs.table(runs.job_class(job)), {}
+        overrides = {k.replace(".", "/"): v for k, v in overrides.items()}
+        values = resolve(fields, values, _as_text(fields, overrides))
+        runs.launch(key, fields, values, out, name or key.replace("/", "-"))
+    except ConfigError as error:
+        print(f"theseus: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _as_text(fields, overrides: dict) -> dict:
+    """Fire has already parsed each flag's value; a `str` field wants the text back."""
+    return {k: (str(v) if k in fields and fields[k].type is str and not isinstance(v, str) else v)
+            for k, v in overrides.items()}
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)
