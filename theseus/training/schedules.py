@@ -1,115 +1,158 @@
-"""Learning-rate schedules for LM training, as Keras `LearningRateSchedule`s.
+"""Learning-rate schedules for language-model pretraining, as Keras `LearningRateSchedule`s.
 
-WSD (warmup-stable-decay; Hägele et al. 2024, MiniCPM) holds the peak rate for most of
-the run and decays only at the end, so any stable-phase checkpoint can be cooled down
-into a finished model. Cosine and constant are the usual baselines. Every schedule is
-computed with `keras.ops` only, so it runs on every backend and inside a compiled step.
+The default is WSD, warmup-stable-decay (MiniCPM, Hu et al. 2024; Hägele et al. 2024,
+"Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations"): a short
+warmup, a long constant phase and a final decay (best with the "1-sqrt" shape). It matches
+cosine at the same compute, and because the peak phase does not depend on the run's length,
+one run can be continued or branched into decays of different lengths. `Cosine` is the
+classic baseline; `Constant` is warmup then a flat learning rate, for debugging and ablations.
+
+Every schedule is a pure function of the optimizer step written with `keras.ops` only, so it
+runs unchanged under JAX, TensorFlow and torch, and inside a compiled train step. Warmup
+and decay lengths are "fraction or steps", as in levanter: a float in [0, 1] is a fraction
+of `total_steps`, an int is a number of steps.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from typing import Any, Callable, Union
 
 import keras
 from keras import ops
 
+LearningRateSchedule = keras.optimizers.schedules.LearningRateSchedule
+
 DECAY_SHAPES = ("linear", "cosine", "1-sqrt")
 
-
-def resolve_steps(value: Union[int, float], total_steps: int, name: str) -> int:
-    """A "fraction or steps" argument as steps: a float in [0, 1] is a fraction of
-    `total_steps`, an int > 1 a number of steps (levanter's `warmup: int | float`)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"Argument `{name}` must be a fraction in [0, 1] or a step count. Received: {name}={value!r}")
-    if isinstance(value, float) or value <= 1:
-        if value > 1:
-            raise ValueError(f"Argument `{name}` as a fraction must be in [0, 1]. Received: {name}={value}")
-        return int(round(value * total_steps))
-    return int(value)
+FractionOrSteps = Union[int, float]
 
 
-def _check_positive(**kwargs: Any) -> None:
-    for name, value in kwargs.items():
-        if not value > 0:
-            raise ValueError(f"Argument `{name}` must be > 0. Received: {name}={value}")
+# ------------------------------------------------------------------------- validation
 
 
-def _check_fraction(**kwargs: Any) -> None:
-    for name, value in kwargs.items():
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"Argument `{name}` must be in [0, 1]. Received: {name}={value}")
+def _check_real(name: str, value: Any, low: float, high: float = math.inf) -> float:
+    # bool is an int to Python; `warmup=True` is a mistake, not one step.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value <= high:
+        bounds = f"in [{low}, {high}]" if high != math.inf else f">= {low}"
+        raise ValueError(f"Argument `{name}` must be a number {bounds}. Received: {name}={value!r}")
+    return float(value)
 
 
-def _warmup(step, peak_lr: float, warmup_steps: int, start_fraction: float):
-    """Linear from `start_fraction * peak` at step 0 to `peak` at `warmup_steps`."""
-    progress = ops.minimum(step / max(warmup_steps, 1), 1.0)
+def _check_total_steps(total_steps: Any) -> int:
+    if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral) or total_steps < 1:
+        raise ValueError(f"Argument `total_steps` must be an int >= 1. Received: total_steps={total_steps!r}")
+    return int(total_steps)
+
+
+def _resolve_steps(name: str, value: Any, total_steps: int) -> int:
+    """Steps meant by a "fraction or steps" argument: a float in [0, 1] or an int >= 0.
+
+    The type decides, so `1` is one step and `1.0` is all of `total_steps`: that is how a
+    YAML `warmup: 100` and `warmup: 0.05` both read naturally.
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0:
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, numbers.Integral)) and 0.0 <= value <= 1.0:
+        return round(float(value) * total_steps)
+    raise ValueError(
+        f"Argument `{name}` must be a fraction of `total_steps` (a float in [0, 1]) "
+        f"or a number of steps (an int >= 0). Received: {name}={value!r}"
+    )
+
+
+def _check_phases_fit(total_steps: int, **phases: tuple[FractionOrSteps, int]) -> None:
+    """Raise unless the phases, given as name=(argument, resolved steps), fit in `total_steps`."""
+    if sum(steps for _, steps in phases.values()) > total_steps:
+        names = " + ".join(f"`{name}` ({steps} steps)" for name, (_, steps) in phases.items())
+        received = ", ".join(f"{name}={value!r}" for name, (value, _) in phases.items())
+        raise ValueError(
+            f"Arguments {names} must fit in total_steps={total_steps}. Received: {received}, total_steps={total_steps}"
+        )
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def _warmup(step: Any, peak_lr: float, warmup_steps: int, start_fraction: float) -> Any:
+    """Linear warmup from `start_fraction * peak_lr` (at step 0) towards `peak_lr` (at `warmup_steps`)."""
+    # max(W, 1): with no warmup the value is never selected, but must not be inf/nan.
+    progress = step / max(warmup_steps, 1)
     return peak_lr * (start_fraction + (1.0 - start_fraction) * progress)
 
 
-def decay_factor(progress, shape: str):
-    """From 1 at progress 0 to 0 at progress 1, with the given shape."""
-    if shape == "linear":
-        return 1.0 - progress
-    if shape == "cosine":
-        return 0.5 * (1.0 + ops.cos(math.pi * progress))
-    return 1.0 - ops.sqrt(progress)
+def _cosine(progress: Any) -> Any:
+    """Half a cosine, 1 at progress 0 down to 0 at progress 1."""
+    return 0.5 * (1.0 + ops.cos(math.pi * progress))
+
+
+def _as_step(step: Any) -> Any:
+    return ops.cast(step, "float32")
 
 
 @keras.saving.register_keras_serializable(package="theseus")
-class WSD(keras.optimizers.schedules.LearningRateSchedule):
-    """Warmup, then a stable peak, then a decay over the last `decay` of the run.
+class WSD(LearningRateSchedule):
+    """Warmup-stable-decay: linear warmup, constant `peak_lr`, then a decay over the last steps.
+
+    At step s (0-based), with W warmup steps, D decay steps and T total steps:
+    s < W: `peak_lr * (start_fraction + (1 - start_fraction) * s / W)`;
+    W <= s < T - D: `peak_lr`;
+    s >= T - D: `peak_lr * (final_fraction + (1 - final_fraction) * f(p))`, p = (s - (T - D)) / D
+    clipped to [0, 1], f(p) = 1 - p ("linear"), (1 + cos(pi p)) / 2 ("cosine") or 1 - sqrt(p) ("1-sqrt").
 
     Args:
-        peak_lr: the stable learning rate.
-        total_steps: optimizer steps in the run.
-        warmup: warmup length, a fraction of `total_steps` (float <= 1) or steps (int > 1).
-        decay: decay length, likewise.
-        decay_shape: "linear", "cosine" or "1-sqrt" (Hägele et al.'s best).
-        start_fraction: the rate at step 0, as a fraction of `peak_lr`.
-        final_fraction: the rate at the end, as a fraction of `peak_lr`.
-
-    Example:
-        >>> schedule = WSD(peak_lr=1e-3, total_steps=10_000, warmup=0.01, decay=0.2)
-        >>> keras.optimizers.AdamW(learning_rate=schedule)
+        peak_lr: learning rate of the stable phase.
+        total_steps: number of optimizer steps in the run.
+        warmup: warmup length, a fraction of `total_steps` (float in [0, 1]) or steps (int).
+        decay: decay length, a fraction of `total_steps` (float in [0, 1]) or steps (int).
+        decay_shape: one of "linear", "cosine", "1-sqrt" (Hägele et al.'s best).
+        start_fraction: learning rate at step 0, as a fraction of `peak_lr`.
+        final_fraction: learning rate at the end of the decay, as a fraction of `peak_lr`.
     """
 
     def __init__(
         self,
         peak_lr: float,
         total_steps: int,
-        warmup: Union[int, float] = 0.01,
-        decay: Union[int, float] = 0.2,
+        warmup: FractionOrSteps = 0.01,
+        decay: FractionOrSteps = 0.2,
         decay_shape: str = "1-sqrt",
         start_fraction: float = 0.0,
         final_fraction: float = 0.0,
     ) -> None:
-        _check_positive(peak_lr=peak_lr, total_steps=total_steps)
-        _check_fraction(start_fraction=start_fraction, final_fraction=final_fraction)
+        self.peak_lr = _check_real("peak_lr", peak_lr, 0.0)
+        self.total_steps = _check_total_steps(total_steps)
+        self.warmup = warmup
+        self.decay = decay
+        self.warmup_steps = _resolve_steps("warmup", warmup, self.total_steps)
+        self.decay_steps = _resolve_steps("decay", decay, self.total_steps)
+        _check_phases_fit(self.total_steps, warmup=(warmup, self.warmup_steps), decay=(decay, self.decay_steps))
         if decay_shape not in DECAY_SHAPES:
             raise ValueError(f"Argument `decay_shape` must be one of {DECAY_SHAPES}. Received: decay_shape={decay_shape!r}")
-        self.peak_lr, self.total_steps = float(peak_lr), int(total_steps)
-        self.warmup, self.decay, self.decay_shape = warmup, decay, decay_shape
-        self.start_fraction, self.final_fraction = float(start_fraction), float(final_fraction)
-        self.warmup_steps = resolve_steps(warmup, self.total_steps, "warmup")
-        self.decay_steps = resolve_steps(decay, self.total_steps, "decay")
-        if self.warmup_steps + self.decay_steps > self.total_steps:
-            raise ValueError(
-                f"Arguments `warmup` + `decay` must fit in total_steps={self.total_steps}. "
-                f"Received: warmup={warmup} ({self.warmup_steps} steps), decay={decay} ({self.decay_steps} steps)"
-            )
+        self.decay_shape = decay_shape
+        self.start_fraction = _check_real("start_fraction", start_fraction, 0.0, 1.0)
+        self.final_fraction = _check_real("final_fraction", final_fraction, 0.0, 1.0)
 
-    def __call__(self, step):
-        step = ops.cast(step, "float32")
+    def _shape(self, progress: Any) -> Any:
+        if self.decay_shape == "linear":
+            return 1.0 - progress
+        if self.decay_shape == "cosine":
+            return _cosine(progress)
+        return 1.0 - ops.sqrt(progress)
+
+    def __call__(self, step: Any) -> Any:
+        step = _as_step(step)
         decay_start = self.total_steps - self.decay_steps
         progress = ops.clip((step - decay_start) / max(self.decay_steps, 1), 0.0, 1.0)
-        decayed = self.peak_lr * (
-            self.final_fraction + (1.0 - self.final_fraction) * decay_factor(progress, self.decay_shape)
+        decayed = self.peak_lr * (self.final_fraction + (1.0 - self.final_fraction) * self._shape(progress))
+        stable_or_decay = ops.where(step < decay_start, self.peak_lr, decayed)
+        return ops.where(
+            step < self.warmup_steps,
+            _warmup(step, self.peak_lr, self.warmup_steps, self.start_fraction),
+            stable_or_decay,
         )
-        warm = _warmup(step, self.peak_lr, self.warmup_steps, self.start_fraction)
-        in_decay = ops.logical_and(step >= decay_start, self.decay_steps > 0)
-        return ops.where(step < self.warmup_steps, warm, ops.where(in_decay, decayed, self.peak_lr))
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -124,34 +167,46 @@ class WSD(keras.optimizers.schedules.LearningRateSchedule):
 
 
 @keras.saving.register_keras_serializable(package="theseus")
-class Cosine(keras.optimizers.schedules.LearningRateSchedule):
-    """Warmup, then a cosine from `peak_lr` down to `final_fraction * peak_lr` at the end.
+class Cosine(LearningRateSchedule):
+    """Linear warmup, then a half-cosine from `peak_lr` down to `final_fraction * peak_lr` at `total_steps`.
+
+    After W warmup steps: `peak_lr * (final_fraction + (1 - final_fraction) * (1 + cos(pi p)) / 2)`,
+    p = (s - W) / (T - W) clipped to [0, 1]. The warmup is WSD's.
 
     Args:
-        peak_lr, total_steps, warmup, start_fraction: as for `WSD`.
-        final_fraction: the rate at the end, as a fraction of `peak_lr`.
+        peak_lr: learning rate at the end of warmup.
+        total_steps: number of optimizer steps in the run.
+        warmup: warmup length, a fraction of `total_steps` (float in [0, 1]) or steps (int).
+        start_fraction: learning rate at step 0, as a fraction of `peak_lr`.
+        final_fraction: learning rate at `total_steps`, as a fraction of `peak_lr`.
     """
 
     def __init__(
         self,
         peak_lr: float,
         total_steps: int,
-        warmup: Union[int, float] = 0.01,
+        warmup: FractionOrSteps = 0.01,
         start_fraction: float = 0.0,
         final_fraction: float = 0.1,
     ) -> None:
-        _check_positive(peak_lr=peak_lr, total_steps=total_steps)
-        _check_fraction(start_fraction=start_fraction, final_fraction=final_fraction)
-        self.peak_lr, self.total_steps, self.warmup = float(peak_lr), int(total_steps), warmup
-        self.start_fraction, self.final_fraction = float(start_fraction), float(final_fraction)
-        self.warmup_steps = resolve_steps(warmup, self.total_steps, "warmup")
+        self.peak_lr = _check_real("peak_lr", peak_lr, 0.0)
+        self.total_steps = _check_total_steps(total_steps)
+        self.warmup = warmup
+        self.warmup_steps = _resolve_steps("warmup", warmup, self.total_steps)
+        _check_phases_fit(self.total_steps, warmup=(warmup, self.warmup_steps))
+        self.start_fraction = _check_real("start_fraction", start_fraction, 0.0, 1.0)
+        self.final_fraction = _check_real("final_fraction", final_fraction, 0.0, 1.0)
 
-    def __call__(self, step):
-        step = ops.cast(step, "float32")
-        progress = ops.clip((step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1), 0.0, 1.0)
-        cosine = self.peak_lr * (self.final_fraction + (1.0 - self.final_fraction) * decay_factor(progress, "cosine"))
-        warm = _warmup(step, self.peak_lr, self.warmup_steps, self.start_fraction)
-        return ops.where(step < self.warmup_steps, warm, cosine)
+    def __call__(self, step: Any) -> Any:
+        step = _as_step(step)
+        decay_steps = max(self.total_steps - self.warmup_steps, 1)
+        progress = ops.clip((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+        decayed = self.peak_lr * (self.final_fraction + (1.0 - self.final_fraction) * _cosine(progress))
+        return ops.where(
+            step < self.warmup_steps,
+            _warmup(step, self.peak_lr, self.warmup_steps, self.start_fraction),
+            decayed,
+        )
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -164,20 +219,37 @@ class Cosine(keras.optimizers.schedules.LearningRateSchedule):
 
 
 @keras.saving.register_keras_serializable(package="theseus")
-class Constant(keras.optimizers.schedules.LearningRateSchedule):
-    """Warmup, then `peak_lr` for the rest of the run."""
+class Constant(LearningRateSchedule):
+    """`peak_lr` throughout, after an optional linear warmup (WSD's).
 
-    def __init__(self, peak_lr: float, total_steps: int = 1, warmup: Union[int, float] = 0, start_fraction: float = 0.0):
-        _check_positive(peak_lr=peak_lr, total_steps=total_steps)
-        _check_fraction(start_fraction=start_fraction)
-        self.peak_lr, self.total_steps, self.warmup = float(peak_lr), int(total_steps), warmup
-        self.start_fraction = float(start_fraction)
-        self.warmup_steps = resolve_steps(warmup, self.total_steps, "warmup")
+    Args:
+        peak_lr: the learning rate.
+        total_steps: number of optimizer steps in the run; only resolves a fractional `warmup`.
+        warmup: warmup length, a fraction of `total_steps` (float in [0, 1]) or steps (int).
+        start_fraction: learning rate at step 0, as a fraction of `peak_lr`.
+    """
 
-    def __call__(self, step):
-        step = ops.cast(step, "float32")
-        warm = _warmup(step, self.peak_lr, self.warmup_steps, self.start_fraction)
-        return ops.where(step < self.warmup_steps, warm, self.peak_lr)
+    def __init__(
+        self,
+        peak_lr: float,
+        total_steps: int = 1,
+        warmup: FractionOrSteps = 0,
+        start_fraction: float = 0.0,
+    ) -> None:
+        self.peak_lr = _check_real("peak_lr", peak_lr, 0.0)
+        self.total_steps = _check_total_steps(total_steps)
+        self.warmup = warmup
+        self.warmup_steps = _resolve_steps("warmup", warmup, self.total_steps)
+        _check_phases_fit(self.total_steps, warmup=(warmup, self.warmup_steps))
+        self.start_fraction = _check_real("start_fraction", start_fraction, 0.0, 1.0)
+
+    def __call__(self, step: Any) -> Any:
+        step = _as_step(step)
+        return ops.where(
+            step < self.warmup_steps,
+            _warmup(step, self.peak_lr, self.warmup_steps, self.start_fraction),
+            ops.full_like(step, self.peak_lr),
+        )
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -188,21 +260,46 @@ class Constant(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-SCHEDULES: dict[str, type] = {"wsd": WSD, "cosine": Cosine, "constant": Constant}
+# ---------------------------------------------------------------------------- registry
+
+SCHEDULES: dict[str, Callable[..., LearningRateSchedule]] = {"wsd": WSD, "cosine": Cosine, "constant": Constant}
 
 
 def build_schedule(
-    schedule: Union[str, keras.optimizers.schedules.LearningRateSchedule, Callable],
+    schedule: Union[str, LearningRateSchedule, Callable[..., LearningRateSchedule]],
     *,
     peak_lr: float,
     total_steps: int,
     **kwargs: Any,
-) -> Union[keras.optimizers.schedules.LearningRateSchedule, Callable]:
-    """A schedule by name (given the arguments its class accepts), or `schedule` itself."""
-    if not isinstance(schedule, str):
+) -> LearningRateSchedule:
+    """The schedule `schedule` names, built for a run of `total_steps` peaking at `peak_lr`.
+
+    Args:
+        schedule: a name from `SCHEDULES`; a `LearningRateSchedule`, returned unchanged; or a
+            factory called like the classes in `SCHEDULES` (e.g. a `LearningRateSchedule` subclass).
+        peak_lr: peak learning rate.
+        total_steps: number of optimizer steps in the run.
+        **kwargs: further arguments (`warmup`, `decay`, `decay_shape`, `final_fraction`, ...).
+            Only those the factory accepts are passed, so a trainer can hand the same
+            options to any schedule: `Cosine` simply ignores `decay`.
+    """
+    if isinstance(schedule, LearningRateSchedule):
         return schedule
-    if schedule not in SCHEDULES:
-        raise ValueError(f"Unknown schedule {schedule!r}; known: {sorted(SCHEDULES)}")
-    cls = SCHEDULES[schedule]
-    accepted = inspect.signature(cls.__init__).parameters
-    return cls(peak_lr=peak_lr, total_steps=total_steps, **{k: v for k, v in kwargs.items() if k in accepted})
+    if isinstance(schedule, str):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"Unknown schedule {schedule!r}. Known schedules: {sorted(SCHEDULES)}")
+        factory = SCHEDULES[schedule]
+    elif callable(schedule):
+        factory = schedule
+    else:
+        raise TypeError(
+            "Argument `schedule` must be a name, a `LearningRateSchedule` or a callable "
+            f"returning one. Received: schedule={schedule!r}"
+        )
+    parameters = inspect.signature(factory).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        kwargs = {name: value for name, value in kwargs.items() if name in parameters}
+    built = factory(peak_lr=peak_lr, total_steps=total_steps, **kwargs)
+    if not isinstance(built, LearningRateSchedule):
+        raise TypeError(f"Schedule factory {factory!r} returned {built!r}, not a `LearningRateSchedule`.")
+    return built

@@ -8,6 +8,7 @@ callback or a plain step here, the same for every model family.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from pathlib import Path
@@ -101,7 +102,10 @@ class BaseTrainer(Generic[M]):
         return model
 
     def tokenizer(self):
-        return load_tokenizer(self.config.tokenizer)
+        try:
+            return load_tokenizer(self.config.tokenizer)
+        except (ValueError, FileNotFoundError) as error:
+            raise ConfigError(f"data/tokenizer: {error}") from None
 
     def token_stream(self) -> np.ndarray:
         """All training + validation tokens, documents separated by the tokenizer's EOS."""
@@ -165,8 +169,17 @@ class BaseTrainer(Generic[M]):
 
     # ------------------------------------------------------------------ the run
 
+    def distribution(self) -> Optional[keras.distribution.Distribution]:
+        """The Keras distribution (device mesh + layouts) to train under; None = one device."""
+        return None
+
     def run(self) -> dict[str, Any]:
         """Train to `training/tokens`, resuming from the run folder's newest checkpoint."""
+        distribution = self.distribution()
+        with distribution.scope() if distribution is not None else contextlib.nullcontext():
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.config
         keras.utils.set_random_seed(cfg.seed)
         model = self.build_model()
