@@ -1,43 +1,110 @@
-"""Optimizers by name, with LM defaults: AdamW, beta_2 = 0.95, weight decay 0.1, clip 1.0."""
+"""Optimizers by name, with language-model defaults: AdamW, beta_2 = 0.95, weight decay 0.1,
+global-norm clipping at 1.0, and no weight decay on biases, norms and embeddings.
+
+Which variables are decayed is decided by their *path* (`"gpt/block_0/ln_1/gamma"`), the same
+way on every backend. Keras's own `exclude_from_weight_decay(var_names=...)` cannot do that:
+it regex-searches `variable.name`, which on JAX and torch is the short name (`"gamma"`) but on
+TensorFlow the tf.Variable's name, i.e. the path plus `":0"`; so `var_names=["norm"]` spares a
+`LayerNormalization`'s scale on TensorFlow only. The `Masked*` optimizers below instead pass
+the matching variables themselves (`var_list=`) once they are known, when the optimizer is built.
+"""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Optional, Sequence, Union
 
 import keras
 
-NO_DECAY = ("bias", "gamma", "beta", "norm", "embeddings")
-"""Substrings of variable names that get no weight decay: biases, norm scales/shifts and
-embedding tables (Keras matches `exclude_from_weight_decay(var_names=...)` as substrings
-of each variable's name)."""
+NO_DECAY = ("bias", "norm", "embedding", "gamma", "beta")
+"""Substrings of variable paths that get no weight decay. "gamma"/"beta" are the weights of
+Keras's and theseus's norm layers whatever the layer is called (theseus's GPT names its
+norms `ln_1`, `ln_f`, which "norm" alone would miss); "embedding" matches `embeddings`."""
 
 
-def _adamw(learning_rate, weight_decay, beta_1, beta_2, epsilon, **kwargs):
-    return keras.optimizers.AdamW(learning_rate, weight_decay, beta_1, beta_2, epsilon, **kwargs)
+class DecayMask:
+    """Mixin for a Keras optimizer: no weight decay for variables whose path contains a `no_decay` string.
+
+    The mask is applied in `build` and replaces any earlier `exclude_from_weight_decay` call;
+    pass `no_decay=()` to manage exclusions with Keras's own method instead.
+
+    Args:
+        no_decay: substrings of `variable.path` (plain substrings, not regexes).
+        *args, **kwargs: the Keras optimizer's arguments.
+    """
+
+    def __init__(self, *args: Any, no_decay: Sequence[str] = NO_DECAY, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.no_decay = tuple(no_decay)
+
+    def build(self, variables: Sequence[keras.Variable]) -> None:
+        if self.no_decay:
+            # Keras requires exclusions before its own `build`; this is the first time the variables are known.
+            excluded = [v for v in variables if any(part in v.path for part in self.no_decay)]
+            self.exclude_from_weight_decay(var_list=excluded)
+        super().build(variables)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "no_decay": list(self.no_decay)}
 
 
-def _adam(learning_rate, weight_decay, beta_1, beta_2, epsilon, **kwargs):
-    return keras.optimizers.Adam(learning_rate, beta_1, beta_2, epsilon, weight_decay=weight_decay or None, **kwargs)
+@keras.saving.register_keras_serializable(package="theseus")
+class MaskedAdamW(DecayMask, keras.optimizers.AdamW):
+    """`keras.optimizers.AdamW` with a path-based weight-decay mask (see `DecayMask`)."""
 
 
-def _lion(learning_rate, weight_decay, beta_1, beta_2, epsilon, **kwargs):
-    return keras.optimizers.Lion(learning_rate, beta_1, beta_2, weight_decay=weight_decay or None, **kwargs)
+@keras.saving.register_keras_serializable(package="theseus")
+class MaskedLion(DecayMask, keras.optimizers.Lion):
+    """`keras.optimizers.Lion` with a path-based weight-decay mask (see `DecayMask`)."""
 
 
-def _sgd(learning_rate, weight_decay, beta_1, beta_2, epsilon, **kwargs):
-    return keras.optimizers.SGD(learning_rate, momentum=beta_1, weight_decay=weight_decay or None, **kwargs)
+@keras.saving.register_keras_serializable(package="theseus")
+class MaskedSGD(DecayMask, keras.optimizers.SGD):
+    """`keras.optimizers.SGD` with a path-based weight-decay mask (see `DecayMask`)."""
+
+
+# Each builder is called with `learning_rate`, `global_clipnorm` and
+# `gradient_accumulation_steps`, plus those of `build_optimizer`'s hyperparameters
+# (`weight_decay`, `beta_1`, `beta_2`, `epsilon`, `no_decay`) that it names.
+
+
+def _adamw(
+    *, weight_decay: float, beta_1: float, beta_2: float, epsilon: float, no_decay: Sequence[str], **base: Any
+) -> keras.optimizers.Optimizer:
+    return MaskedAdamW(
+        weight_decay=weight_decay, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, no_decay=no_decay, **base
+    )
+
+
+def _adam(*, beta_1: float, beta_2: float, epsilon: float, **base: Any) -> keras.optimizers.Optimizer:
+    # Keras 3 decouples weight decay for every optimizer, so Adam with decay would be AdamW:
+    # "adam" is the variant without it.
+    return keras.optimizers.Adam(beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, **base)
+
+
+def _lion(
+    *, weight_decay: float, beta_1: float, beta_2: float, no_decay: Sequence[str], **base: Any
+) -> keras.optimizers.Optimizer:
+    return MaskedLion(weight_decay=weight_decay, beta_1=beta_1, beta_2=beta_2, no_decay=no_decay, **base)
+
+
+def _sgd(*, weight_decay: float, beta_1: float, no_decay: Sequence[str], **base: Any) -> keras.optimizers.Optimizer:
+    # beta_1 plays the role of momentum, as in the LM optimizer comparisons that use SGD.
+    return MaskedSGD(weight_decay=weight_decay, momentum=beta_1, no_decay=no_decay, **base)
 
 
 OPTIMIZERS: dict[str, Callable[..., keras.optimizers.Optimizer]] = {
     "adamw": _adamw,
     "adam": _adam,
-    "lion": _lion,
     "sgd": _sgd,
+    "lion": _lion,
 }
+"""Optimizer builders by name: "adamw" (default), "adam" (no weight decay), "sgd" (momentum
+= beta_1, decoupled weight decay), "lion" (Lion; betas as given, epsilon unused)."""
 
 
 def build_optimizer(
-    optimizer: Union[str, keras.optimizers.Optimizer],
+    name_or_optimizer: Union[str, keras.optimizers.Optimizer],
     *,
     learning_rate: Any,
     weight_decay: float = 0.1,
@@ -48,24 +115,29 @@ def build_optimizer(
     no_decay: Sequence[str] = NO_DECAY,
     gradient_accumulation_steps: Optional[int] = None,
 ) -> keras.optimizers.Optimizer:
-    """An optimizer by name with LM defaults, or `optimizer` itself when it is one.
+    """The optimizer `name_or_optimizer` names, with LM defaults; an optimizer instance is returned unchanged.
 
-    Norms, biases and embeddings (`no_decay` substrings of variable names) are excluded
-    from weight decay; `global_clipnorm` of 0 or None turns clipping off.
+    Args:
+        name_or_optimizer: a name from `OPTIMIZERS`, or a `keras.optimizers.Optimizer`.
+        learning_rate: a float or a `LearningRateSchedule`.
+        weight_decay: decoupled weight decay (scaled by the learning rate, as in Keras).
+        beta_1, beta_2, epsilon: Adam's (and, for beta_1/beta_2, Lion's) coefficients.
+        global_clipnorm: clip the global gradient norm to this; 0 or None turns clipping off.
+        no_decay: substrings of variable paths that get no weight decay (see `DecayMask`).
+        gradient_accumulation_steps: Keras's gradient accumulation; None for none.
     """
-    if isinstance(optimizer, keras.optimizers.Optimizer):
-        return optimizer
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer {optimizer!r}; known: {sorted(OPTIMIZERS)}")
-    built = OPTIMIZERS[optimizer](
-        learning_rate,
-        weight_decay,
-        beta_1,
-        beta_2,
-        epsilon,
+    if isinstance(name_or_optimizer, keras.optimizers.Optimizer):
+        return name_or_optimizer
+    if name_or_optimizer not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {name_or_optimizer!r}. Known optimizers: {sorted(OPTIMIZERS)}")
+    builder = OPTIMIZERS[name_or_optimizer]
+    hyperparameters = dict(
+        weight_decay=weight_decay, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, no_decay=tuple(no_decay)
+    )
+    named = inspect.signature(builder).parameters
+    return builder(
+        learning_rate=learning_rate,
         global_clipnorm=global_clipnorm or None,
         gradient_accumulation_steps=gradient_accumulation_steps,
+        **{name: value for name, value in hyperparameters.items() if name in named},
     )
-    if weight_decay and no_decay:
-        built.exclude_from_weight_decay(var_names=list(no_decay))
-    return built

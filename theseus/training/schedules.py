@@ -36,7 +36,7 @@ FractionOrSteps = Union[int, float]
 def _check_real(name: str, value: Any, low: float, high: float = math.inf) -> float:
     # bool is an int to Python; `warmup=True` is a mistake, not one step.
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value <= high:
-        bounds = f"in [{low}, {high}]" if high != math.inf else f">= {low}"
+        bounds = f"in [{low:g}, {high:g}]" if high != math.inf else f">= {low:g}"
         raise ValueError(f"Argument `{name}` must be a number {bounds}. Received: {name}={value!r}")
     return float(value)
 
@@ -55,7 +55,7 @@ def _resolve_steps(name: str, value: Any, total_steps: int) -> int:
     """
     if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0:
         return int(value)
-    if isinstance(value, numbers.Real) and not isinstance(value, (bool, numbers.Integral)) and 0.0 <= value <= 1.0:
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and 0.0 <= value <= 1.0:
         return round(float(value) * total_steps)
     raise ValueError(
         f"Argument `{name}` must be a fraction of `total_steps` (a float in [0, 1]) "
@@ -89,6 +89,8 @@ def _cosine(progress: Any) -> Any:
 
 
 def _as_step(step: Any) -> Any:
+    # The optimizer passes its int64 (int32 on JAX) `iterations`; TensorFlow will not mix
+    # int64 with Python floats, and float32 keeps every backend computing the same values.
     return ops.cast(step, "float32")
 
 
@@ -130,12 +132,15 @@ class WSD(LearningRateSchedule):
         self.decay_steps = _resolve_steps("decay", decay, self.total_steps)
         _check_phases_fit(self.total_steps, warmup=(warmup, self.warmup_steps), decay=(decay, self.decay_steps))
         if decay_shape not in DECAY_SHAPES:
-            raise ValueError(f"Argument `decay_shape` must be one of {DECAY_SHAPES}. Received: decay_shape={decay_shape!r}")
+            raise ValueError(
+                f"Argument `decay_shape` must be one of {DECAY_SHAPES}. Received: decay_shape={decay_shape!r}"
+            )
         self.decay_shape = decay_shape
         self.start_fraction = _check_real("start_fraction", start_fraction, 0.0, 1.0)
         self.final_fraction = _check_real("final_fraction", final_fraction, 0.0, 1.0)
 
-    def _shape(self, progress: Any) -> Any:
+    def _decay_factor(self, progress: Any) -> Any:
+        """f(p) of the configured decay shape: 1 at p = 0, 0 at p = 1."""
         if self.decay_shape == "linear":
             return 1.0 - progress
         if self.decay_shape == "cosine":
@@ -146,7 +151,7 @@ class WSD(LearningRateSchedule):
         step = _as_step(step)
         decay_start = self.total_steps - self.decay_steps
         progress = ops.clip((step - decay_start) / max(self.decay_steps, 1), 0.0, 1.0)
-        decayed = self.peak_lr * (self.final_fraction + (1.0 - self.final_fraction) * self._shape(progress))
+        decayed = self.peak_lr * (self.final_fraction + (1.0 - self.final_fraction) * self._decay_factor(progress))
         stable_or_decay = ops.where(step < decay_start, self.peak_lr, decayed)
         return ops.where(
             step < self.warmup_steps,
