@@ -55,9 +55,14 @@ class Block(Module):
         for layer in (self.ln_1, self.attn, self.ln_2, self.mlp):
             layer.build(input_shape)
 
-    def call(self, x, rotary=None, training=False):
-        x = x + self.dropout(self.attn(self.ln_1(x), rotary=rotary), training=training)
-        return x + self.dropout(self.mlp(self.ln_2(x)), training=training)
+    def call(self, x, rotary=None, training=False, cache=None, cache_index=None, attention_mask=None):
+        """The block on `x` (B, T, C); with a `cache`, also returns the updated cache."""
+        attended = self.attn(self.ln_1(x), rotary=rotary, cache=cache, cache_index=cache_index, attention_mask=attention_mask)
+        if cache is not None:
+            attended, cache = attended
+        x = x + self.dropout(attended, training=training)
+        x = x + self.dropout(self.mlp(self.ln_2(x)), training=training)
+        return (x, cache) if cache is not None else x
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **self.config}
@@ -154,9 +159,43 @@ class GPT(CausalLM):
         x = self.drop(x, training=training)
         for block in self.blocks:
             x = block(x, rotary=rotary, training=training)
+        return self._logits(x)
+
+    def _logits(self, x):
         x = self.ln_f(x)
         logits = self.wte.attend(x) if self.tie_embeddings else ops.matmul(x, self.lm_head)
         return ops.cast(logits, "float32")  # (B, T, vocab): the loss wants float32
+
+    def init_cache(self, batch_size: int, max_length: int):
+        """An empty key/value cache: per block, `(keys, values)` each (B, S, n_head, hd)."""
+        shape = (batch_size, max_length, self.n_head, self.n_embd // self.n_head)
+        return [(ops.zeros(shape, self.compute_dtype), ops.zeros(shape, self.compute_dtype)) for _ in self.blocks]
+
+    def call_with_cache(self, token_ids, cache, cache_index, positions, attention_mask):
+        """Run `token_ids` (B, T) as cache slots `cache_index ...` (what generation calls).
+
+        Args:
+            cache: from `init_cache`, holding the keys/values of earlier slots.
+            cache_index: the slot of the first of the T tokens (an int or scalar tensor).
+            positions: (B, T) position of each token in its row (rows may be left-padded).
+            attention_mask: (B, T, S) True where a token may attend a cache slot.
+
+        Returns:
+            float32 logits (B, T, vocab) and the updated cache.
+        """
+        x = self.wte(token_ids)  # (B, T, C)
+        rotary = None
+        if self.position == "learned":
+            x = x + self.wpe(positions)
+        else:
+            rotary = rotary_tables(positions, self.inv_freq)  # (B, T, hd) each
+        new_cache = []
+        for block, layer_cache in zip(self.blocks, cache):
+            x, layer_cache = block(
+                x, rotary=rotary, cache=layer_cache, cache_index=cache_index, attention_mask=attention_mask
+            )
+            new_cache.append(layer_cache)
+        return self._logits(x), new_cache
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (*input_shape, self.vocab_size)

@@ -1,0 +1,163 @@
+import json
+import sys
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from conftest import run_command
+from theseus.config import ConfigError
+from theseus.generation import Generator, choose_tokens, filter_logits
+from theseus.model.models import GPT
+
+TINY = dict(vocab_size=61, block_size=40, n_layer=2, n_head=2, n_embd=32, tie_embeddings=False)
+PROMPTS = [[3, 14, 15, 9, 26], [5, 35], [8, 9, 7, 9, 3, 2, 3, 8, 4, 6, 2]]
+
+
+def tiny_gpt(seed=0, **overrides):
+    keras.utils.set_random_seed(seed)
+    model = GPT(**{**TINY, **overrides})
+    model.build((None, TINY["block_size"]))
+    return model
+
+
+def full_logits(model, sequence):
+    """The reference: a full forward pass over one whole (unpadded) sequence, (T, vocab).
+
+    Row t is what a forward pass over the first t + 1 tokens gives (attention is causal,
+    as tests/model/models/test_gpt.py checks)."""
+    return ops.convert_to_numpy(model(np.asarray([sequence], "int32")))[0]
+
+
+@pytest.mark.parametrize("position", ["learned", "rope"])
+def test_cached_logits_equal_a_full_forward_at_every_step(position):
+    model = tiny_gpt(position=position)
+    out = Generator(model)(PROMPTS, max_new_tokens=12, return_scores=True)
+    for prompt, tokens, scores in zip(PROMPTS, out.tokens, out.scores):
+        assert len(tokens) == 12 and scores.shape == (12, TINY["vocab_size"])
+        reference = full_logits(model, prompt + tokens)[len(prompt) - 1 : -1]  # (12, vocab)
+        np.testing.assert_allclose(scores, reference, atol=1e-4, rtol=0)
+        assert tokens == np.argmax(reference, axis=-1).tolist()
+    assert any(len(set(tokens)) > 2 for tokens in out.tokens)  # not a degenerate repetition
+
+
+def test_a_padded_batch_samples_what_each_prompt_samples_alone():
+    model = tiny_gpt(position="rope")
+    settings = dict(max_new_tokens=10, temperature=0.9, top_k=20, top_p=0.95, seed=7)
+    generator = Generator(model)
+    together = generator(PROMPTS, **settings).tokens
+    alone = generator(PROMPTS, batch_size=1, **settings).tokens
+    assert together == alone
+    assert generator(PROMPTS, **settings).tokens == together
+    assert generator(PROMPTS, **{**settings, "seed": 8}).tokens != together
+
+
+def test_sampled_tokens_follow_the_rows_own_distribution():
+    """Each sampled token is one the filters allow, for the logits the cache produced."""
+    model = tiny_gpt()
+    out = Generator(model)(PROMPTS, max_new_tokens=8, temperature=0.7, top_k=5, seed=3, return_scores=True)
+    for tokens, scores in zip(out.tokens, out.scores):
+        for token, logits in zip(tokens, scores):
+            assert logits[token] >= np.sort(logits)[-5]
+
+
+def test_a_stop_token_ends_its_row_only():
+    model = tiny_gpt()
+    generator = Generator(model)
+    free = generator(PROMPTS, max_new_tokens=12).tokens
+    stop = free[0][3]
+    first = {row: tokens.index(stop) for row, tokens in enumerate(free) if stop in tokens}
+    out = generator(PROMPTS, max_new_tokens=12, stop_token_ids=[stop]).tokens
+    for row, tokens in enumerate(free):
+        expected = tokens[: first[row] + 1] if row in first else tokens
+        assert out[row] == expected
+    assert len(out[0]) == first[0] + 1 <= 4
+
+
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p",
+    [(1.0, 0, 1.0), (0.5, 0, 1.0), (1.3, 4, 1.0), (1.0, 0, 0.6), (0.8, 6, 0.7)],
+)
+def test_sampling_draws_from_the_filtered_softmax(temperature, top_k, top_p):
+    vocab, draws = 12, 20_000
+    logits = np.random.default_rng(0).normal(0, 1.5, vocab).astype("float32")
+    # The expected distribution, by hand: temperature, then top-k, then top-p on what remains.
+    probs = np.exp(logits / temperature - (logits / temperature).max())
+    if top_k:
+        probs[np.argsort(-logits)[top_k:]] = 0
+    probs /= probs.sum()
+    if top_p < 1:
+        order = np.argsort(-probs)
+        above = np.cumsum(probs[order]) - probs[order]
+        probs[order[above >= top_p]] = 0
+        probs /= probs.sum()
+    tokens = choose_tokens(
+        np.tile(logits, (draws, 1)), 11, np.arange(draws), 0, temperature, top_k, top_p if top_p < 1 else None
+    )
+    counts = np.bincount(ops.convert_to_numpy(tokens), minlength=vocab) / draws
+    assert np.all(counts[probs == 0] == 0)
+    np.testing.assert_allclose(counts, probs, atol=5 * np.sqrt(0.25 / draws))
+
+
+def test_filter_logits_keeps_at_least_the_best_token():
+    logits = np.array([[0.0, 5.0, 1.0]], "float32")
+    kept = ops.convert_to_numpy(filter_logits(logits, 1.0, top_k=0, top_p=1e-6))
+    assert np.isfinite(kept).tolist() == [[False, True, False]]
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(top_p=0.0), "top_p"),
+        (dict(temperature=-1.0), "temperature"),
+        (dict(top_k=-2), "top_k"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(max_new_tokens=40), "context"),
+    ],
+)
+def test_bad_settings_are_one_clear_error(settings, message):
+    generator = Generator(tiny_gpt())
+    with pytest.raises(ConfigError, match=message):
+        generator(PROMPTS, **{"max_new_tokens": 4, **settings})
+    with pytest.raises(ConfigError, match="vocabulary"):
+        generator([[1, 99]], 4)
+
+
+CROSS_BACKEND = """
+import json, sys
+import keras, numpy as np
+from theseus.generation import Generator
+from theseus.model.models import GPT
+model = GPT(**json.loads(sys.argv[2]))
+model.build((None, model.block_size))
+model.load_weights(sys.argv[1])
+prompts = json.loads(sys.argv[3])
+generator = Generator(model)
+greedy = generator(prompts, 8, return_scores=True)
+sampled = generator(prompts, 8, temperature=0.8, top_k=30, top_p=0.9, seed=5)
+print(json.dumps({"greedy": greedy.tokens, "sampled": sampled.tokens,
+                  "scores": [s.tolist() for s in greedy.scores]}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["tensorflow", "torch"])
+def test_generation_is_the_same_on_every_backend(backend, tmp_path):
+    """Same weights and seed: the same greedy and sampled tokens, logits within 1e-4."""
+    model = tiny_gpt(position="rope")
+    model.save_weights(tmp_path / "gpt.weights.h5")
+    generator = Generator(model)
+    greedy = generator(PROMPTS, 8, return_scores=True)
+    sampled = generator(PROMPTS, 8, temperature=0.8, top_k=30, top_p=0.9, seed=5)
+    config = json.dumps({**TINY, "position": "rope"})
+    result = run_command(
+        [sys.executable, "-c", CROSS_BACKEND, str(tmp_path / "gpt.weights.h5"), config, json.dumps(PROMPTS)],
+        env={"KERAS_BACKEND": backend},
+        check=True,
+    )
+    other = json.loads(result.stdout.strip().splitlines()[-1])
+    assert other["greedy"] == greedy.tokens
+    assert other["sampled"] == sampled.tokens
+    for mine, theirs in zip(greedy.scores, other["scores"]):
+        np.testing.assert_allclose(np.asarray(theirs), mine, atol=1e-4, rtol=0)
