@@ -3,13 +3,14 @@
 A family supports generation by implementing two methods (`GPT` shows how):
 
     init_cache(batch_size, max_length) -> cache
-    call_with_cache(token_ids, cache, cache_index, positions, attention_mask) -> (logits, cache)
+    call_with_cache(token_ids, cache, cache_index, padding_mask) -> (logits, cache)
 
 `Generator` left-pads a batch of prompts of different lengths, runs all prompts through the
 model in one call (prefill), then picks one token per step inside one compiled
 `keras.ops.while_loop`: greedy, or sampled with temperature, top-k and top-p, until every
 row has produced a stop token or `max_new_tokens`. Each row's positions count only its real
-tokens and the attention mask hides its padding, so a row generates what it would alone.
+tokens and the attention mask hides its padding (`theseus.model.layers.attention`'s
+`cache_positions` and `cache_attention_mask`), so a row generates what it would alone.
 
 Sampling noise is a counter-based hash of `(seed, row, step, token)` in `keras.ops`
 integer arithmetic rather than `keras.random`: a compiled loop needs a fresh stateless seed
@@ -108,24 +109,6 @@ def choose_tokens(logits, seed, rows, step, temperature, top_k: int = 0, top_p=N
     logits = filter_logits(logits, temperature, top_k, top_p)
     gumbel = -ops.log(-ops.log(uniform_noise(seed, rows, step, ops.shape(logits)[-1])))
     return ops.cast(ops.argmax(logits + gumbel, axis=-1), "int32")
-
-
-# ----------------------------------------------------------------------------- masks
-
-
-def cache_attention_mask(padding_mask, start, length: int):
-    """(B, T, S) True where the token in slot `start + t` may attend slot `s`: earlier or
-    equal slots holding a real token, and always itself (so a padding row is never empty)."""
-    slots = ops.shape(padding_mask)[1]
-    query = ops.arange(length, dtype="int32")[:, None] + ops.cast(start, "int32")  # (T, 1)
-    key = ops.arange(slots, dtype="int32")[None, :]  # (1, S)
-    visible = ops.logical_and(key <= query, ops.expand_dims(padding_mask, 1))  # (B, T, S)
-    return ops.logical_or(visible, ops.expand_dims(key == query, 0))
-
-
-def cache_positions(padding_mask):
-    """(B, S) each slot's position in its row: real tokens before it (padding reads 0)."""
-    return ops.maximum(ops.cumsum(ops.cast(padding_mask, "int32"), axis=1) - 1, 0)
 
 
 # ----------------------------------------------------------------------------- generator
@@ -266,11 +249,8 @@ class Generator:
         def generate(prompt, prompt_mask, temperature, top_p, seed, row_offset, stop):
             batch, length = ops.shape(prompt)[0], ops.shape(prompt)[1]
             padding = ops.concatenate([prompt_mask, ops.ones((batch, max_new), "bool")], axis=1)  # (B, S)
-            positions = cache_positions(padding)
             cache = model.init_cache(batch, length + max_new)
-            logits, cache = model.call_with_cache(
-                prompt, cache, 0, positions[:, :length], cache_attention_mask(padding, 0, length)
-            )
+            logits, cache = model.call_with_cache(prompt, cache, 0, padding)
             rows = ops.arange(batch, dtype="int32") + row_offset
             state = (
                 ops.convert_to_tensor(0, "int32"),
@@ -294,14 +274,7 @@ class Generator:
                 if with_scores:
                     scores = (ops.slice_update(scores[0], [0, step, 0], logits[:, None, :]),)
                 done = ops.logical_or(done, ops.any(token[:, None] == stop[None, :], axis=1))
-                index = length + step
-                logits, cache = model.call_with_cache(
-                    token[:, None],
-                    cache,
-                    index,
-                    ops.slice(positions, [0, index], [batch, 1]),
-                    cache_attention_mask(padding, index, 1),
-                )
+                logits, cache = model.call_with_cache(token[:, None], cache, length + step, padding)
                 return (step + 1, logits[:, 0], tokens, done, cache, *scores)
 
             final = ops.while_loop(cond, body, state, maximum_iterations=max_new)

@@ -3,6 +3,9 @@
 Separate projections keep each weight's logical axes whole: the query projection is
 `(N_EMBD, N_ATTN)`, keys and values `(N_EMBD, N_KV)`, the output `(N_EMBD_OUT, N_EMBD)`,
 so tensor parallelism splits heads, never the inside of a head.
+
+`cache_positions` and `cache_attention_mask` turn a key/value cache's padding mask into
+the positions and attention mask a family's `call_with_cache` needs during generation.
 """
 
 from __future__ import annotations
@@ -131,3 +134,30 @@ class CausalSelfAttention(Module):
             "init_std": self.init_std,
             "out_init_std": self.out_init_std,
         }
+
+
+def cache_positions(padding_mask):
+    """(B, S) each cache slot's position in its row: the real tokens before it.
+
+    Rows are left-padded to a common length, so a row's first real token sits at slot
+    `S - length` but at position 0; padding slots read 0 (they are never attended).
+    """
+    return ops.maximum(ops.cumsum(ops.cast(padding_mask, "int32"), axis=1) - 1, 0)
+
+
+def cache_attention_mask(padding_mask, start, length: int, sliding_window: Optional[int] = None):
+    """(B, T, S) True where the token in cache slot `start + t` may attend slot `s`.
+
+    Allowed: earlier or equal slots holding a real token (`padding_mask` (B, S) is true
+    on them), within `sliding_window` positions when one is given; and always the slot
+    itself, so a padding query's softmax is never empty (NaN would leak into the cache).
+    """
+    slots = ops.shape(padding_mask)[1]
+    query = ops.arange(length, dtype="int32")[:, None] + ops.cast(start, "int32")  # (T, 1)
+    key = ops.arange(slots, dtype="int32")[None, :]  # (1, S)
+    allowed = ops.logical_and(key <= query, ops.expand_dims(ops.cast(padding_mask, "bool"), 1))  # (B, T, S)
+    if sliding_window is not None:
+        positions = cache_positions(padding_mask)  # (B, S)
+        query_positions = ops.slice(positions, [0, start], [ops.shape(positions)[0], length])  # (B, T)
+        allowed = ops.logical_and(allowed, query_positions[:, :, None] - positions[:, None, :] < sliding_window)
+    return ops.logical_or(allowed, ops.expand_dims(key == query, 0))

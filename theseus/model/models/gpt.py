@@ -17,6 +17,7 @@ from theseus.base.axis import Axis
 from theseus.config import field
 from theseus.model.axes import Axes
 from theseus.model.layers import MLP, CausalSelfAttention, Embedding, LayerNorm, rotary_tables
+from theseus.model.layers.attention import cache_attention_mask, cache_positions
 from theseus.model.layers.rotary import inverse_frequencies
 from theseus.model.models.causal_lm import CausalLM
 from theseus.model.module import Module
@@ -171,18 +172,21 @@ class GPT(CausalLM):
         shape = (batch_size, max_length, self.n_head, self.n_embd // self.n_head)
         return [(ops.zeros(shape, self.compute_dtype), ops.zeros(shape, self.compute_dtype)) for _ in self.blocks]
 
-    def call_with_cache(self, token_ids, cache, cache_index, positions, attention_mask):
+    def call_with_cache(self, token_ids, cache, cache_index, padding_mask):
         """Run `token_ids` (B, T) as cache slots `cache_index ...` (what generation calls).
 
         Args:
             cache: from `init_cache`, holding the keys/values of earlier slots.
             cache_index: the slot of the first of the T tokens (an int or scalar tensor).
-            positions: (B, T) position of each token in its row (rows may be left-padded).
-            attention_mask: (B, T, S) True where a token may attend a cache slot.
+            padding_mask: (B, S) True on the slots that hold (or will hold) real tokens;
+                rows may be left-padded: positions count a row's real tokens only.
 
         Returns:
             float32 logits (B, T, vocab) and the updated cache.
         """
+        batch, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
+        positions = ops.slice(cache_positions(padding_mask), [0, cache_index], [batch, length])  # (B, T)
+        attention_mask = cache_attention_mask(padding_mask, cache_index, length)  # (B, T, S)
         x = self.wte(token_ids)  # (B, T, C)
         rotary = None
         if self.position == "learned":
