@@ -148,18 +148,23 @@ class GPT(CausalLM):
             )
         self.built = True
 
-    def call(self, token_ids, training=False):
+    def call(self, token_ids, padding_mask=None, training=False):
+        """Logits for `token_ids` (B, T); `padding_mask` (B, T), true on real tokens, lets
+        rows be padded (left or right): each row gets the logits it would get alone."""
         length = ops.shape(token_ids)[1]
-        positions = ops.arange(length)
+        positions, mask = ops.arange(length), None
+        if padding_mask is not None:
+            positions = cache_positions(padding_mask)  # (B, T)
+            mask = cache_attention_mask(padding_mask, 0, length)  # (B, T, T)
         x = self.wte(token_ids)  # (B, T, C)
         rotary = None
         if self.position == "learned":
             x = x + self.wpe(positions)
         else:
-            rotary = rotary_tables(positions, self.inv_freq)  # (T, hd) each
+            rotary = rotary_tables(positions, self.inv_freq)  # (T, hd) or (B, T, hd) each
         x = self.drop(x, training=training)
         for block in self.blocks:
-            x = block(x, rotary=rotary, training=training)
+            x = block(x, rotary=rotary, training=training, attention_mask=mask)
         return self._logits(x)
 
     def _logits(self, x):
