@@ -107,7 +107,8 @@ def task_names(tasks: Sequence[str]) -> tuple[list[str], list[str]]:
             config = yaml.safe_load(path.read_text()) or {}
             if not isinstance(config, dict) or "task" not in config:
                 raise ConfigError(f"lm_eval task file {path} has no `task:` name")
-            folders.append(str(path.parent.resolve()))
+            if str(path.parent.resolve()) not in folders:
+                folders.append(str(path.parent.resolve()))
             names.append(str(config["task"]))
         else:
             names.append(task)
@@ -119,7 +120,8 @@ def evaluate_harness(lm: LanguageModel, tasks: Sequence[str], limit: Optional[in
     as the harness reports them, without the `,none` filter suffix."""
     folders, names = task_names(tasks)
     # Only YAML files: the harness's own few thousand tasks need not be indexed (slow).
-    manager = TaskManager(include_path=folders or None, include_defaults=len(folders) < len(tasks))
+    every_yaml = all(Path(task).suffix in (".yaml", ".yml") for task in tasks)
+    manager = TaskManager(include_path=folders or None, include_defaults=not every_yaml)
     output = simple_evaluate(
         model=HarnessLM(lm), tasks=names, task_manager=manager, limit=limit, bootstrap_iters=0, log_samples=False
     )

@@ -34,8 +34,9 @@ class Perplexity(Evaluation):
 
             try:
                 self.documents = [d for d in read_text_source(self.source) if d]
-            except FileNotFoundError as error:
-                raise ConfigError(f"evaluation 'perplexity:{self.source}': {error}") from None
+            except (FileNotFoundError, ConfigError) as error:
+                reason = str(error).removeprefix("data/source: ")  # this is not the training source
+                raise ConfigError(f"evaluation 'perplexity:{self.source}': {reason}") from None
             if not self.documents:
                 raise ConfigError(f"evaluation 'perplexity:{self.source}': no text in it")
 
