@@ -320,3 +320,51 @@ def test_other_backends_agree_with_jax(backend):
     for (name, kwargs, in_steps), values in zip(CASES, theirs):
         ours = evaluate(SCHEDULES[name](**kwargs), steps_of(kwargs, in_steps))
         np.testing.assert_allclose(values, ours, err_msg=f"{backend} {name} {kwargs}", **tolerance(kwargs["peak_lr"]))
+
+
+# ------------------------------------------------------------------------------ WSD-S
+
+
+def wsds_reference(s: float, P: float, cycles: list[tuple[int, int, int, int]], start: float, final: float, shape: str) -> float:
+    """WSD-S by hand: `cycles` lists (start, end, warm steps, decay steps) per cycle."""
+    for index, (a, b, warm, dec) in enumerate(cycles):
+        if s < b or index == len(cycles) - 1:
+            break
+    warm_from = start if index == 0 else final
+    if s - a < warm:
+        return P * (warm_from + (1 - warm_from) * (s - a) / warm)
+    if s < b - dec:
+        return P
+    p = min(max((s - (b - dec)) / max(dec, 1), 0.0), 1.0)
+    return P * (final + (1 - final) * decay_shape(p, shape))
+
+
+@pytest.mark.parametrize("shape", ["linear", "cosine", "1-sqrt"])
+def test_wsds_cycles_match_closed_form(shape):
+    from theseus.training.schedules import WSDS
+
+    schedule = WSDS(2e-3, 100, cycles=[0.4, 70], warmup=10, decay=0.25, rewarmup=5, decay_shape=shape,
+                    start_fraction=0.1, final_fraction=0.05)
+    # cycle lengths 40, 30, 30: decay round(0.25 * len) = 10, 8 (7.5 rounds to even 8), 8
+    layout = [(0, 40, 10, 10), (40, 70, 5, 8), (70, 100, 5, 8)]
+    steps = [0, 9, 10, 29, 30, 35, 39, 40, 44, 45, 61, 62, 66, 69, 70, 74, 75, 91, 92, 99, 100]
+    got = evaluate(schedule, steps)
+    want = [wsds_reference(s, 2e-3, layout, 0.1, 0.05, shape) for s in steps]
+    np.testing.assert_allclose(got, want, **tolerance(2e-3))
+    # each cycle ends decayed, and the next one starts from there
+    assert got[steps.index(40)] == pytest.approx(2e-3 * 0.05, rel=1e-5)
+
+
+def test_wsds_with_one_cycle_is_wsd():
+    from theseus.training.schedules import WSDS
+
+    one = WSDS(1e-3, 50, cycles=[], warmup=5, decay=0.3, decay_shape="cosine")
+    np.testing.assert_allclose(evaluate(one, range(51)), evaluate(WSD(1e-3, 50, warmup=5, decay=15, decay_shape="cosine"), range(51)), **tolerance(1e-3))
+    assert WSDS.from_config(one.get_config()).get_config() == one.get_config()
+
+
+def test_wsds_rejects_cycles_out_of_order():
+    from theseus.training.schedules import WSDS
+
+    with pytest.raises(ValueError, match="`cycles` must increase strictly"):
+        WSDS(1e-3, 50, cycles=[30, 20])

@@ -265,9 +265,109 @@ class Constant(LearningRateSchedule):
         }
 
 
+@keras.saving.register_keras_serializable(package="theseus")
+class WSDS(LearningRateSchedule):
+    """WSD-S: warmup-stable-decay cycles within one run (MiniCPM's WSD-S, levanter's cycles).
+
+    The run is cut at `cycles` (the steps where each cycle ends; `total_steps` closes the
+    last one). Each cycle holds `peak_lr` and decays over its last `decay` steps (a fraction
+    of the cycle's length, or steps) with `decay_shape` to `final_fraction * peak_lr`; the next
+    cycle re-warms linearly from there to `peak_lr` over `rewarmup` steps. The first cycle
+    warms up from `start_fraction * peak_lr` over `warmup` steps (of `total_steps`), like WSD.
+    Every cycle's end is then a finished, decayed model.
+
+    Args:
+        peak_lr, total_steps, warmup, decay_shape, start_fraction, final_fraction: as for `WSD`.
+        cycles: increasing cycle ends, each a fraction of `total_steps` (float in (0, 1)) or a step (int).
+        decay: decay length of each cycle, a fraction of that cycle (float in [0, 1]) or steps (int).
+        rewarmup: re-warm length at the start of each later cycle (fraction of the cycle, or steps).
+    """
+
+    def __init__(
+        self,
+        peak_lr: float,
+        total_steps: int,
+        cycles: list[FractionOrSteps] = (0.5,),
+        warmup: FractionOrSteps = 0.01,
+        decay: FractionOrSteps = 0.2,
+        rewarmup: FractionOrSteps = 0,
+        decay_shape: str = "1-sqrt",
+        start_fraction: float = 0.0,
+        final_fraction: float = 0.0,
+    ) -> None:
+        self.peak_lr = _check_real("peak_lr", peak_lr, 0.0)
+        self.total_steps = _check_total_steps(total_steps)
+        self.cycles, self.warmup, self.decay, self.rewarmup = list(cycles), warmup, decay, rewarmup
+        if decay_shape not in DECAY_SHAPES:
+            raise ValueError(f"Argument `decay_shape` must be one of {DECAY_SHAPES}. Received: decay_shape={decay_shape!r}")
+        self.decay_shape = decay_shape
+        self.start_fraction = _check_real("start_fraction", start_fraction, 0.0, 1.0)
+        self.final_fraction = _check_real("final_fraction", final_fraction, 0.0, 1.0)
+        ends = [_resolve_steps("cycles", c, self.total_steps) for c in self.cycles]
+        if ends and ends[-1] == self.total_steps:
+            ends = ends[:-1]
+        if any(b <= a for a, b in zip([0] + ends, ends + [self.total_steps])):
+            raise ValueError(
+                f"Argument `cycles` must increase strictly inside (0, total_steps={self.total_steps}). "
+                f"Received: cycles={self.cycles!r}"
+            )
+        self.ends = ends + [self.total_steps]
+        self.starts = [0] + ends
+        self.warmup_steps = _resolve_steps("warmup", warmup, self.total_steps)
+        self.decay_steps, self.rewarmup_steps = [], []
+        for index, (start, end) in enumerate(zip(self.starts, self.ends)):
+            length = end - start
+            d = _resolve_steps("decay", decay, length)
+            w = self.warmup_steps if index == 0 else _resolve_steps("rewarmup", rewarmup, length)
+            _check_phases_fit(length, warmup=(warmup if index == 0 else rewarmup, w), decay=(decay, d))
+            self.decay_steps.append(d)
+            self.rewarmup_steps.append(w)
+
+    def _decay_factor(self, progress: Any) -> Any:
+        return WSD._decay_factor(self, progress)
+
+    def __call__(self, step: Any) -> Any:
+        step = _as_step(step)
+        inner_ends = ops.convert_to_tensor(self.ends[:-1] or [self.total_steps + 1], "float32")
+        index = ops.sum(ops.cast(ops.expand_dims(step, -1) >= inner_ends, "int32"), axis=-1)  # cycle of each step
+        index = ops.minimum(index, len(self.ends) - 1)
+
+        def pick(values: list[float]) -> Any:
+            return ops.take(ops.convert_to_tensor(values, "float32"), index)
+
+        start, end = pick(self.starts), pick(self.ends)
+        decay_steps, warm_steps = pick(self.decay_steps), pick(self.rewarmup_steps)
+        warm_from = pick([self.start_fraction] + [self.final_fraction] * (len(self.ends) - 1))
+        local = step - start
+        decay_start = end - decay_steps
+        progress = ops.clip((step - decay_start) / ops.maximum(decay_steps, 1.0), 0.0, 1.0)
+        decayed = self.peak_lr * (self.final_fraction + (1.0 - self.final_fraction) * self._decay_factor(progress))
+        warm = self.peak_lr * (warm_from + (1.0 - warm_from) * local / ops.maximum(warm_steps, 1.0))
+        stable_or_decay = ops.where(step < decay_start, self.peak_lr, decayed)
+        return ops.where(local < warm_steps, warm, stable_or_decay)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "peak_lr": self.peak_lr,
+            "total_steps": self.total_steps,
+            "cycles": self.cycles,
+            "warmup": self.warmup,
+            "decay": self.decay,
+            "rewarmup": self.rewarmup,
+            "decay_shape": self.decay_shape,
+            "start_fraction": self.start_fraction,
+            "final_fraction": self.final_fraction,
+        }
+
+
 # ---------------------------------------------------------------------------- registry
 
-SCHEDULES: dict[str, Callable[..., LearningRateSchedule]] = {"wsd": WSD, "cosine": Cosine, "constant": Constant}
+SCHEDULES: dict[str, Callable[..., LearningRateSchedule]] = {
+    "wsd": WSD,
+    "wsd-s": WSDS,
+    "cosine": Cosine,
+    "constant": Constant,
+}
 
 
 def build_schedule(
