@@ -270,7 +270,7 @@ def test_build_schedule_calls_a_factory_with_what_it_accepts():
 
 
 def test_build_schedule_rejects_unknown_names_and_non_schedules():
-    with pytest.raises(ValueError, match=r"'linear-decay'.*\['constant', 'cosine', 'wsd'\]"):
+    with pytest.raises(ValueError, match=r"'linear-decay'.*\['constant', 'cosine', 'wsd', 'wsd-s'\]"):
         build_schedule("linear-decay", peak_lr=1e-3, total_steps=10)
     with pytest.raises(TypeError, match="LearningRateSchedule"):
         build_schedule(lambda peak_lr, total_steps: peak_lr, peak_lr=1e-3, total_steps=10)
