@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from lm_fixtures import hand_loglikelihood, tiny_lm
+from theseus.config import ConfigError
 from theseus.model.models import IGNORE_INDEX
 
 
@@ -36,6 +37,12 @@ def test_the_greedy_continuation_is_greedy(lm):
     ((_, greedy),) = lm.loglikelihood([(prompt, generated)])
     ((_, other),) = lm.loglikelihood([(prompt, generated[:-1] + chr(ord(generated[-1]) ^ 1))])
     assert greedy and not other
+
+
+def test_generation_leaves_room_for_the_prompt(lm):
+    with pytest.raises(ConfigError, match="max_new_tokens=24 leaves no room"):
+        lm.generate(["x"], max_new_tokens=24)
+    assert len(lm.generate(["a prompt longer than what is left of the context"], max_new_tokens=20)[0]) == 20
 
 
 def test_rolling_windows_predict_every_token_once_with_most_context(lm):

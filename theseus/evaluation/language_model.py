@@ -18,6 +18,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from theseus.config import ConfigError
 from theseus.generation import Generator, compile_for_backend
 from theseus.model.models.causal_lm import IGNORE_INDEX
 
@@ -188,7 +189,9 @@ class LanguageModel:
         """
         keep = self.model.block_size - max_new_tokens
         if keep < 1:
-            raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {self.model.block_size} tokens")
+            raise ConfigError(
+                f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's {self.model.block_size}-token context"
+            )
         ids = [(self.encode(p) or [self.prefix_id])[-keep:] for p in prompts]
         out = self.generator(
             ids, max_new_tokens, stop_token_ids=[self.tokenizer.eos_id], batch_size=self.batch_size, **settings

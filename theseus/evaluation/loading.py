@@ -4,8 +4,8 @@
     RUN/checkpoints/step_N/      one checkpoint of a run
     FOLDER/                      config.json + *.safetensors (+ tokenizer): a Hugging Face model
 
-A run is rebuilt by its own training job (model, precision, tokenizer and held-out data
-exactly as it trained), so anything a trainer can train, this can evaluate.
+A run is rebuilt from its own config.yaml: its job's model and tokenizer, and, when an
+evaluation asks for it, the held-out data exactly as its training job validated on it.
 """
 
 from __future__ import annotations
@@ -26,16 +26,22 @@ def describe(source: str) -> tuple[str, Path]:
     path = Path(source).expanduser()
     if (path / HF_CONFIG).is_file():
         return "huggingface", path
+    if (path / "model.weights.h5").is_file() and _run_config(path).is_file():
+        return "checkpoint", path
     if (path / RUN_CONFIG).is_file():
         return "run", path
-    if path.parent.name == "checkpoints" and (path.parent.parent / RUN_CONFIG).is_file() and path.is_dir():
-        return "checkpoint", path
     if not path.exists():
         raise ConfigError(f"model source not found: {path}")
     raise ConfigError(
         f"{path} is not a run folder (config.yaml), a checkpoint folder (RUN/checkpoints/step_N) "
         "or a Hugging Face model folder (config.json)"
     )
+
+
+def _run_config(checkpoint: Path) -> Path:
+    """A checkpoint's config: its own copy, else its run's."""
+    own = checkpoint / RUN_CONFIG
+    return own if own.is_file() else checkpoint.parent.parent / RUN_CONFIG
 
 
 def load(
@@ -61,11 +67,14 @@ def load(
 
 def _load_run(path: Path, kind: str):
     from theseus.base import run as runs
+    from theseus.config import build
+    from theseus.data import load_tokenizer
+    from theseus.model.models.causal_lm import as_causal_lm
     from theseus.training import checkpoint as ckpt
 
     run_dir = path if kind == "run" else path.parent.parent
-    key, _, values = runs.read_config(run_dir / RUN_CONFIG)
-    job = runs.job_class(key)(values)  # no run folder: it writes nothing
+    key, _, values = runs.read_config(run_dir / RUN_CONFIG if kind == "run" else _run_config(path))
+    job_class = runs.job_class(key)
     if kind == "run":
         checkpoint = ckpt.latest(run_dir / "checkpoints")
         if checkpoint is None:
@@ -75,20 +84,28 @@ def _load_run(path: Path, kind: str):
             checkpoint = ckpt.Checkpoint(path, int(path.name.split("_", 1)[1]))
         except (IndexError, ValueError):
             raise ConfigError(f"{path} is not named like a checkpoint (step_N)") from None
-    model = job.build_model()
     try:
-        ckpt.restore(checkpoint, model)
+        ckpt.verify(checkpoint.path)
     except ckpt.CheckpointError as error:
         raise ConfigError(str(error)) from None
+    # The model as its job builds it (float32 here, whatever precision it trained in).
+    model = as_causal_lm(build(job_class.MODEL, values))
+    model.build((None, values["architecture/block_size"]))
+    model.load_weights(checkpoint.path / ckpt.MODEL_FILE)  # the weights only: no optimizer to restore
+    try:
+        tokenizer = load_tokenizer(values["data/tokenizer"])
+    except (ValueError, FileNotFoundError) as error:
+        raise ConfigError(f"data/tokenizer of {run_dir}: {error}") from None
     validation = None
 
     def heldout():
+        """The run's validation batches, from its own training job (built only if asked)."""
         nonlocal validation
         if validation is None:
-            validation = job.datasets(0)[1]
+            validation = job_class(values).datasets(0)[1]
         return (validation[i] for i in range(len(validation)))
 
-    return model, job.tokenizer(), heldout
+    return model, tokenizer, heldout
 
 
 def _load_huggingface(path: Path):

@@ -1,5 +1,6 @@
 """Jobs for the native GPT family."""
 
+from theseus.evaluation.evaluator import BaseEvaluator
 from theseus.model.models import GPT
 from theseus.training import BaseTrainer, BaseTrainerConfig
 
@@ -9,3 +10,9 @@ class PretrainGPT(BaseTrainer[GPT]):
 
     MODEL = GPT
     CONFIG = BaseTrainerConfig
+
+
+class EvaluateGPT(BaseEvaluator[GPT]):
+    """Evaluate a GPT run's checkpoint (perplexity, multiple choice, exact match, lm-eval); writes results.json."""
+
+    MODEL = GPT
