@@ -1,7 +1,6 @@
 """Shared test set-up: JAX backend unless a test says otherwise, and a CLI runner."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,19 +12,9 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 import pytest  # noqa: E402
 
+from support import run_command  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_command(args, cwd=None, env=None, timeout=600, check=False):
-    """Run `python -m ...`/`theseus ...` as a user would, in a subprocess; its CompletedProcess."""
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    result = subprocess.run(
-        args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} exited {result.returncode}\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}")
-    return result
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from conftest import run_command
+from support import run_command
 from theseus.config import ConfigError
 from theseus.generation import Generator, choose_tokens, filter_logits
 from theseus.model.models import GPT
