@@ -8,7 +8,7 @@ from keras import ops
 
 from support import run_command
 from theseus.config import ConfigError
-from theseus.generation import Generator, choose_tokens, filter_logits
+from theseus.generation import Generator, choose_tokens
 from theseus.model.models import GPT
 
 TINY = dict(vocab_size=61, block_size=40, n_layer=2, n_head=2, n_embd=32, tie_embeddings=False)
@@ -100,10 +100,11 @@ def test_sampling_draws_from_the_filtered_softmax(temperature, top_k, top_p):
     np.testing.assert_allclose(counts, probs, atol=5 * np.sqrt(0.25 / draws))
 
 
-def test_filter_logits_keeps_at_least_the_best_token():
-    logits = np.array([[0.0, 5.0, 1.0]], "float32")
-    kept = ops.convert_to_numpy(filter_logits(logits, 1.0, top_k=0, top_p=1e-6))
-    assert np.isfinite(kept).tolist() == [[False, True, False]]
+def test_a_tiny_top_p_keeps_only_the_best_token():
+    logits = np.tile(np.array([[0.0, 5.0, 1.0, 4.9]], "float32"), (500, 1))
+    for top_k in (0, 3):
+        tokens = choose_tokens(logits, 1, np.arange(500), 0, 1.0, top_k, top_p=1e-6)
+        assert set(ops.convert_to_numpy(tokens).tolist()) == {1}
 
 
 @pytest.mark.parametrize(

@@ -75,40 +75,45 @@ def _mix(x):
     return ops.bitwise_xor(x, ops.bitwise_and(ops.right_shift(x, 16), 0xFFFF))
 
 
-def uniform_noise(seed, rows, step, vocab_size: int):
-    """(B, V) floats in (0, 1), a pure function of (seed, global row, step, token id)."""
+def uniform_noise(seed, rows, step, vocab_size: int, token_ids):
+    """Floats in (0, 1) shaped like `token_ids` (B, n): a pure function of (seed, global
+    row, step, token id), so a token draws the same noise whichever candidates it is among."""
     stream = _mix(ops.bitwise_xor(_mix(ops.cast(seed, "int32")), ops.cast(step, "int32")))
-    index = ops.cast(rows, "int32")[:, None] * vocab_size + ops.arange(vocab_size, dtype="int32")[None]
+    index = ops.cast(rows, "int32")[:, None] * vocab_size + ops.cast(token_ids, "int32")
     bits = _mix(ops.bitwise_xor(_mix(index), stream))
     return (ops.cast(ops.bitwise_and(ops.right_shift(bits, 8), 0xFFFFFF), "float32") + 0.5) / float(1 << 24)
 
 
-def filter_logits(logits, temperature, top_k: int = 0, top_p=None):
-    """Logits (B, V) divided by `temperature`, then outside the top `top_k` and outside the
-    smallest set holding `top_p` of the probability set to -inf (the order `transformers`
-    applies them in). `top_k=0` and `top_p=None` switch a filter off."""
-    logits = ops.cast(logits, "float32") / temperature
-    if top_k > 0:
-        kth = ops.top_k(logits, top_k)[0][:, -1:]  # (B, 1)
-        logits = ops.where(logits < kth, float("-inf"), logits)
-    if top_p is not None:
-        ordered = ops.top_k(logits, ops.shape(logits)[-1])[0]  # (B, V) descending
-        probs = ops.softmax(ordered, axis=-1)
-        before = ops.cumsum(probs, axis=-1) - probs  # mass of the tokens ranked above each
-        kept = ops.sum(ops.cast(before < top_p, "int32"), axis=-1, keepdims=True)  # >= 1
-        cutoff = ops.take_along_axis(ordered, kept - 1, axis=-1)
-        logits = ops.where(logits < cutoff, float("-inf"), logits)
-    return logits
+def nucleus(ordered, top_p):
+    """`ordered` logits (B, n), descending, with -inf outside the smallest prefix whose
+    probability reaches `top_p` (always at least the first)."""
+    probs = ops.softmax(ordered, axis=-1)
+    before = ops.cumsum(probs, axis=-1) - probs  # the mass ranked above each candidate
+    return ops.where(before < top_p, ordered, float("-inf"))
 
 
 def choose_tokens(logits, seed, rows, step, temperature, top_k: int = 0, top_p=None, greedy: bool = False):
-    """The next token of each row: the argmax, or a draw from the filtered distribution
-    (Gumbel-max: `argmax(logits + Gumbel noise)` samples `softmax(logits)`)."""
+    """The next token of each row (B,): the argmax, or a draw from `softmax(logits /
+    temperature)` restricted to the `top_k` most likely tokens and then to the smallest set
+    holding `top_p` of their probability (the order `transformers` applies them in).
+
+    A draw is Gumbel-max, `argmax(logits + Gumbel noise)`, over the candidates only: the
+    top-k, found with `top_k` (a full sort of the vocabulary, which XLA does slowly on CPU,
+    only for top-p without top-k).
+    """
     if greedy:
         return ops.cast(ops.argmax(logits, axis=-1), "int32")
-    logits = filter_logits(logits, temperature, top_k, top_p)
-    gumbel = -ops.log(-ops.log(uniform_noise(seed, rows, step, ops.shape(logits)[-1])))
-    return ops.cast(ops.argmax(logits + gumbel, axis=-1), "int32")
+    logits = ops.cast(logits, "float32") / temperature
+    vocab_size = ops.shape(logits)[-1]
+    if top_k == 0 and top_p is None:  # every token a candidate: the pick is the token id
+        gumbel = -ops.log(-ops.log(uniform_noise(seed, rows, step, vocab_size, ops.arange(vocab_size)[None])))
+        return ops.cast(ops.argmax(logits + gumbel, axis=-1), "int32")
+    values, candidates = ops.top_k(logits, top_k if top_k > 0 else vocab_size)  # (B, k) descending
+    if top_p is not None:
+        values = nucleus(values, top_p)
+    gumbel = -ops.log(-ops.log(uniform_noise(seed, rows, step, vocab_size, candidates)))
+    pick = ops.argmax(values + gumbel, axis=-1)
+    return ops.cast(ops.take_along_axis(candidates, pick[:, None], axis=-1)[:, 0], "int32")
 
 
 # ----------------------------------------------------------------------------- generator
