@@ -21,7 +21,7 @@ backend and for any batch size.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import keras
 import numpy as np
@@ -293,7 +293,3 @@ def _length_until_stop(tokens: np.ndarray, stop: np.ndarray) -> int:
     hits = np.flatnonzero(np.isin(tokens, stop))
     return int(hits[0]) + 1 if len(hits) else len(tokens)
 
-
-def generate(model: keras.Model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 32, **settings: Any) -> Generation:
-    """`Generator(model)(prompts, max_new_tokens, **settings)`, for one-off calls."""
-    return Generator(model)(prompts, max_new_tokens, **settings)
