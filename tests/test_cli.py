@@ -8,7 +8,7 @@ import yaml
 
 TINY = [
     "architecture.n_layer=1", "architecture.n_embd=32", "architecture.n_head=2", "architecture.block_size=32",
-    "training.batch_size=4", "training.tokens=1280", "logging.validation_interval=5", "logging.validation_batches=2",
+    "training.batch_size=8", "training.tokens=2560", "logging.validation_interval=5", "logging.validation_batches=2",
     "logging.checkpoint_interval=5", "logging.log_interval=2", "logging.progress_bar=false",
 ]
 
@@ -45,13 +45,13 @@ def test_configure_then_run_trains_and_writes_the_run_folder(theseus_cli, tmp_pa
     result = theseus_cli("run", "dev", config, tmp_path / "runs", check=True)
     run = tmp_path / "runs" / "dev"
     assert f"run folder: {run}" in result.stdout
-    assert yaml.safe_load((run / "config.yaml").read_text())["training"]["tokens"] == 1280
+    assert yaml.safe_load((run / "config.yaml").read_text())["training"]["tokens"] == 2560
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["step"] == 0 and "val_loss" in rows[0]
     train_rows = [r for r in rows if "loss" in r]
     assert [r["step"] for r in train_rows] == [2, 4, 6, 8, 10]
     assert all({"step", "tokens", "loss", "lr"} <= set(r) for r in train_rows)
-    assert train_rows[-1]["tokens"] == 10 * 4 * 32
+    assert train_rows[-1]["tokens"] == 10 * 8 * 32
     assert (run / "checkpoints" / "step_00000010" / "model.weights.h5").is_file()
     # the same command again finds the run complete and does not train
     again = theseus_cli("run", "dev", config, tmp_path / "runs", check=True)

@@ -12,6 +12,7 @@ job: gpt/train/pretrain
 training: {tokens: 12288, batch_size: 4}
 architecture: {block_size: 64, n_layer: 1, n_embd: 32, n_head: 2}
 logging: {validation_interval: 24, checkpoint_interval: 24, progress_bar: false}
+topology: {devices: 1}
 data: {source: %s}
 """
 

@@ -6,7 +6,7 @@ from theseus.base.axis import Axis
 from theseus.config import field
 from theseus.model.axes import Axes
 from theseus.model.models import GPT
-from theseus.model.module import Module, ShardingError, resolve_layout
+from theseus.model.module import Module, ShardingError, abstract_build, resolve_layout
 
 MESH = {"batch": 2, "shard": 4}
 
@@ -89,20 +89,50 @@ def test_sharded_build_places_every_weight_as_the_map_says():
     assert shard_shape == (32, 128 // 4)
 
 
-def test_strict_layout_reports_weights_without_axes():
+def test_strict_layout_reports_weights_no_rule_covers():
     class Plain(Module):
         def build(self, input_shape):
-            self.w = self.add_weight(name="w", shape=(4, 4))
+            self.w = self.add_weight(name="w", shape=(4, 4))  # no logical axes
+            self.layers_w = self.add_weight(name="layers_w", shape=(2, 4), axes=(Axes.N_LAYER, Axes.N_EMBD))
+            self.v = self.add_weight(name="v", shape=(4,), axes=(Axes.N_EMBD,))
 
         def call(self, x):
             return x @ self.w
 
     layer = Plain(name="plain")
     layer.build((None, 4))
-    mesh = keras.distribution.DeviceMesh((8,), ("batch",), keras.distribution.list_devices()[:8])
-    assert tuple(layer.layout_map(mesh)["plain/w"].axes) == (None, None)
-    with pytest.raises(ShardingError, match="1 weights declare no logical axes.*plain/w"):
-        layer.layout_map(mesh, strict=True)
+    rules = [("n_embd", "batch")]
+    assert layer.uncovered(rules) == {"plain/w": None, "plain/layers_w": (Axes.N_LAYER, Axes.N_EMBD)}
+    mesh = keras.distribution.DeviceMesh((4,), ("batch",), keras.distribution.list_devices()[:4])
+    layout_map = layer.layout_map(mesh, rules)  # not strict: replicated where no rule says otherwise
+    assert tuple(layout_map["plain/w"].axes) == (None, None)
+    assert tuple(layout_map["plain/layers_w"].axes) == (None, "batch")
+    with pytest.raises(ShardingError, match="2 weights are covered by no sharding rule.*plain/w None, plain/layers_w"):
+        layer.layout_map(mesh, rules, strict=True)
+    # an explicit "replicate" rule is a decision, so it covers its axis
+    assert layer.uncovered([("n_embd", "batch"), ("n_layer", None)]) == {"plain/w": None}
+
+
+def test_abstract_build_allocates_nothing_and_keeps_paths_for_the_real_build():
+    class Bigram(Module):
+        def build(self, input_shape):
+            self.table = self.add_weight(name="table", shape=(64, 64), axes=(Axes.VOCAB, Axes.VOCAB))
+
+        def call(self, ids):
+            return keras.ops.take(self.table, ids, axis=0)
+
+    with abstract_build():
+        abstract = Bigram()  # named automatically, as a user's module often is
+        abstract.build((None, 16))
+    assert abstract.table._value is None  # a shape and a path, no value
+    real = Bigram()
+    real.build((None, 16))
+    assert real.table.path == abstract.table.path  # the same automatic name again
+    assert tuple(real(np.zeros((1, 16), "int32")).shape) == (1, 16, 64)
+    with keras.StatelessScope():  # leaving one initialises every variable still pending...
+        pass
+    assert abstract.table._value is None  # ...but the abstract ones are no longer pending
+    assert Bigram().name != real.name  # outside the abstract build, names stay unique
 
 
 def test_weight_with_wrong_number_of_axes_is_refused():

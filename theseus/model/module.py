@@ -6,14 +6,20 @@ its dimensions (`add_weight(..., axes=(Axes.N_EMBD, Axes.N_EMBD_FF))`), and give
 `sharding` rules mapping logical axes to mesh axes. `layout_map` joins the two into the
 `keras.distribution.LayoutMap` that `ModelParallel` shards the model with. No model code
 names a device or a mesh axis.
+
+`layout_map` needs a built model: build it once inside `abstract_build()` (shapes, paths
+and axes, no memory), compute the map, then build the real model under `ModelParallel`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import keras
+from keras.src.backend.common import global_state
 
 from theseus.config import fields_of
 from theseus.model.axes import Axes
@@ -97,29 +103,42 @@ class Module(keras.Layer):
 
         `rules` default to `self.sharding`. A weight whose dimension does not divide its
         mesh axis is an error (Keras would silently leave it, and every later weight,
-        unsharded); with `strict`, so is a weight that declared no logical axes.
+        unsharded); with `strict`, so is a weight that no rule covers (see `uncovered`).
         """
         if not self.built:
             raise ShardingError(f"{self.name}: build the model before asking for its layout map")
         rules = self.sharding if rules is None else rules
+        if strict:
+            uncovered = self.uncovered(rules)
+            if uncovered:
+                raise ShardingError(
+                    f"{len(uncovered)} weights are covered by no sharding rule and would be replicated: "
+                    + ", ".join(f"{path} {axes}" for path, axes in list(uncovered.items())[:5])
+                    + (" ..." if len(uncovered) > 5 else "")
+                )
         mesh_shape = dict(zip(mesh.axis_names, mesh.shape))
         layout_map = keras.distribution.LayoutMap(mesh)
-        uncovered = []
         for variable in self.weights:
             axes = getattr(variable, "logical_axes", None)
             if axes is None:
-                uncovered.append(variable.path)
                 layout = (None,) * len(variable.shape)
             else:
                 layout = resolve_layout(axes, tuple(variable.shape), rules, mesh_shape, variable.path)
             layout_map[variable.path] = layout
-        if strict and uncovered:
-            raise ShardingError(
-                f"{len(uncovered)} weights declare no logical axes and would be replicated: "
-                + ", ".join(uncovered[:5])
-                + (" ..." if len(uncovered) > 5 else "")
-            )
         return layout_map
+
+    def uncovered(self, rules: Optional[ShardingRules] = None) -> dict[str, Optional[LogicalAxes]]:
+        """Weights the rules say nothing about: no logical axes, or an axis no rule names.
+
+        An explicit `(axis, None)` rule covers its axis (replicating it is then a decision).
+        """
+        rules = self.sharding if rules is None else rules
+        named = {str(logical) for logical, _ in rules}
+        return {
+            path: axes
+            for path, axes in self.logical_axes().items()
+            if axes is None or any(a is not None and a.value not in named for a in axes)
+        }
 
 
 def resolve_layout(
@@ -164,3 +183,23 @@ def _mesh_names(mesh_axis: Any) -> Optional[tuple[str, ...]]:
     if isinstance(mesh_axis, (tuple, list)):
         return tuple(str(m) for m in mesh_axis)
     return (str(mesh_axis),)
+
+
+@contextlib.contextmanager
+def abstract_build() -> Iterator[None]:
+    """Layers created and built inside get variables with shapes, paths and logical axes
+    but no values: a model's layout is known before a byte of it is allocated.
+
+    On exit Keras forgets those variables (nothing initialises them later) and hands out
+    the same automatic layer names again, so the real model built next gets the same
+    variable paths as the abstract one: the keys of its `layout_map`.
+    """
+    # Keras keeps both in its global state; there is no public accessor for either.
+    names = copy.deepcopy(global_state.get_global_attribute("object_name_uids"))
+    pending = list(global_state.get_global_attribute("uninitialized_variables") or [])
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            yield
+    finally:
+        global_state.set_global_attribute("object_name_uids", names)
+        global_state.set_global_attribute("uninitialized_variables", pending)
