@@ -2,5 +2,6 @@
 
 from theseus.model.models.causal_lm import IGNORE_INDEX, CausalLM
 from theseus.model.models.gpt import GPT
+from theseus.model.models.llama import Llama
 
-__all__ = ["CausalLM", "GPT", "IGNORE_INDEX"]
+__all__ = ["CausalLM", "GPT", "IGNORE_INDEX", "Llama"]

@@ -1,0 +1,28 @@
+"""Jobs for Llama models in Hugging Face format (`LlamaForCausalLM`)."""
+
+from theseus.evaluation.huggingface import HFEvaluator
+from theseus.model.huggingface import HFCompat
+from theseus.training.huggingface import HFFinetuneConfig, HFTrainer, HFTrainerConfig
+
+
+class PretrainLlama(HFTrainer[HFCompat]):
+    """Pretrain a Llama from a Hugging Face config.json: random weights, the folder's tokenizer."""
+
+    MODEL = HFCompat
+    CONFIG = HFTrainerConfig
+    MODEL_TYPES = ("llama",)
+
+
+class FinetuneLlama(HFTrainer[HFCompat]):
+    """Fine-tune a Llama checkpoint in Hugging Face format on text; writes RUN/hf."""
+
+    MODEL = HFCompat
+    CONFIG = HFFinetuneConfig
+    MODEL_TYPES = ("llama",)
+
+
+class EvaluateLlama(HFEvaluator[HFCompat]):
+    """Loss and perplexity of a Llama checkpoint in Hugging Face format on held-out text."""
+
+    MODEL = HFCompat
+    MODEL_TYPES = ("llama",)
