@@ -41,7 +41,8 @@ def jobs() -> dict[str, type]:
 def job_class(key: str) -> type:
     registry = jobs()
     if key not in registry:
-        close = difflib.get_close_matches(key, registry, n=3, cutoff=0.4)
+        scored = sorted(((difflib.SequenceMatcher(None, key, k).ratio(), k) for k in registry), reverse=True)
+        close = [k for score, k in scored[:3] if score >= max(0.4, scored[0][0] - 0.02)]  # the best and its ties
         hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
         raise ConfigError(f"unknown job '{key}'{hint}; `theseus jobs` lists them")
     return registry[key]
@@ -109,4 +110,3 @@ def launch(key: str, fields: Mapping[str, Field], values: Mapping[str, Any], out
     result = job.run() or {}
     print(f"run folder: {run_dir} (config.yaml, checkpoints/, metrics.jsonl)", flush=True)
     return result
-
