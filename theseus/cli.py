@@ -2,10 +2,15 @@
 
     theseus jobs
     theseus configure JOB OUT.yaml [key=value ...]
-    theseus run NAME CONFIG OUTDIR [key=value ...]
+    theseus run NAME CONFIG OUTDIR [key=value ...] [--fresh]
+    theseus plot RUN_DIR
+    theseus cooldown RUN_DIR --from STEP_OR_TOKENS [--fraction 0.2] [--shape 1-sqrt] [--name NAME]
+    theseus sweep-cooldowns RUN_DIR --every N [--fraction 0.2] [--shape 1-sqrt]
+    theseus generate SOURCE --prompt TEXT [--prompts-file FILE] [--temperature T --top-k K --top-p P --seed S]
 
 Bad input (an unknown job or key, a wrong type, an unset `???`, a missing file) is one
-line on stderr and exit code 2; nothing is created or overwritten.
+line on stderr and exit code 2; nothing is created or overwritten. A run that stops early
+says why on one line: a NaN loss exits 1, SIGTERM 143 and SIGINT 130 (after a checkpoint).
 """
 
 from __future__ import annotations
@@ -33,22 +38,59 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config")
     run.add_argument("outdir")
     run.add_argument("overrides", nargs="*", help="key=value (dotted or slash keys)")
+    run.add_argument("--fresh", action="store_true", help="start over: move an existing OUTDIR/NAME aside instead of resuming it")
+    plot = sub.add_parser("plot", help="draw RUN_DIR/metrics.png (loss, val loss and lr against tokens)")
+    plot.add_argument("run_dir")
+    cooldown = sub.add_parser("cooldown", help="branch a WSD cooldown from a stable-phase checkpoint of RUN_DIR")
+    cooldown.add_argument("run_dir")
+    cooldown.add_argument("--from", dest="point", required=True, help="a step (200) or tokens with a unit (819200t, 2M)")
+    cooldown.add_argument("--fraction", type=float, default=0.2, help="decay length as a fraction of the parent's steps so far")
+    cooldown.add_argument("--steps", type=int, help="decay length in steps (instead of --fraction)")
+    cooldown.add_argument("--shape", default="1-sqrt", help="linear, cosine or 1-sqrt")
+    cooldown.add_argument("--name", help="the branch's folder, beside RUN_DIR (default: RUN-cooldown-STEP)")
+    cooldown.add_argument("overrides", nargs="*", help="key=value for the branch (e.g. logging.log_interval=1)")
+    sweep = sub.add_parser("sweep-cooldowns", help="cool down from every N-th stable checkpoint; table + PNG of val loss vs tokens")
+    sweep.add_argument("run_dir")
+    sweep.add_argument("--every", type=int, default=1, help="branch from every N-th stable-phase checkpoint")
+    sweep.add_argument("--fraction", type=float, default=0.2)
+    sweep.add_argument("--shape", default="1-sqrt")
+    sweep.add_argument("overrides", nargs="*", help="key=value for every branch")
+    generate = sub.add_parser("generate", help="print completions from a run, RUN/checkpoints/step_N or a Hugging Face folder")
+    generate.add_argument("source")
+    generate.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    generate.add_argument("--prompts-file", help="one prompt per line (\\n in a line is a newline)")
+    generate.add_argument("--max-new-tokens", type=int, default=64)
+    generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    generate.add_argument("--top-k", type=int, default=0, help="0 = off")
+    generate.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--batch-size", type=int, default=8)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow the options (`cooldown RUN --from 20 logging.log_interval=1`)
+    if extra and hasattr(args, "overrides") and not any(item.startswith("-") for item in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.backend:  # before anything imports Keras
         os.environ["KERAS_BACKEND"] = args.backend
     from theseus.config import ConfigError
+
+    from theseus.training.callbacks import TrainingStopped
 
     try:
         return _dispatch(args)
     except ConfigError as error:
         print(f"theseus: error: {error}", file=sys.stderr)
         return 2
+    except TrainingStopped as error:
+        print(f"theseus: {error}", file=sys.stderr)
+        return error.exit_code
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -70,8 +112,35 @@ def _dispatch(args: argparse.Namespace) -> int:
         missing = [k for k, v in values.items() if v == "???"]
         print(f"wrote {out}" + (f"; set before running: {', '.join(missing)}" if missing else ""))
         return 0
+    if args.command == "generate":
+        from theseus.evaluation.completions import complete, read_prompts
+
+        prompts = read_prompts(args.prompt, args.prompts_file)
+        settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+        for prompt, text in zip(prompts, complete(args.source, prompts, args.max_new_tokens, args.batch_size, **settings)):
+            print(f"{prompt}{text}\n{'-' * 40}", flush=True)
+        return 0
+    if args.command == "cooldown":
+        from theseus.training.cooldown import cooldown
+
+        result = cooldown(args.run_dir, args.point, fraction=args.fraction, shape=args.shape, steps=args.steps,
+                          name=args.name, overrides=parse_overrides(args.overrides))
+        print(f"branch folder: {result['run_dir']} (validation loss {result.get('val_loss', float('nan')):.4f})")
+        return 0
+    if args.command == "sweep-cooldowns":
+        from theseus.training.cooldown import sweep
+
+        rows = sweep(args.run_dir, args.every, fraction=args.fraction, shape=args.shape, overrides=parse_overrides(args.overrides))
+        print((Path(args.run_dir) / "sweep.md").read_text(), end="")
+        print(f"wrote {Path(args.run_dir) / 'sweep.csv'} and sweep.png ({len(rows)} branches)")
+        return 0
+    if args.command == "plot":
+        from theseus.training.plot import plot_run
+
+        print(f"wrote {plot_run(args.run_dir)}")
+        return 0
     key, fields, values = runs.read_config(args.config, parse_overrides(args.overrides))
-    runs.launch(key, fields, values, args.outdir, args.name)
+    runs.launch(key, fields, values, args.outdir, args.name, fresh=args.fresh)
     return 0
 
 
