@@ -5,7 +5,7 @@ imports: one named in the `THESEUS_PLUGINS` environment variable (comma-separate
 module names) or registered under the `theseus.plugins` entry-point group.
 """
 
-from theseus.experiments.gpt import PretrainGPT
+from theseus.experiments.gpt import EvaluateGPT, PretrainGPT
 from theseus.experiments.gpt2 import EvaluateGPT2, FinetuneGPT2, PretrainGPT2
 from theseus.experiments.llama import EvaluateLlama, FinetuneLlama, PretrainLlama
 from theseus.experiments.mistral import EvaluateMistral, FinetuneMistral, PretrainMistral
@@ -14,6 +14,7 @@ from theseus.experiments.qwen3 import EvaluateQwen3, FinetuneQwen3, PretrainQwen
 
 JOBS: dict[str, type] = {
     "gpt/train/pretrain": PretrainGPT,
+    "gpt/eval/evaluate": EvaluateGPT,
     "gpt2/train/pretrain": PretrainGPT2,
     "gpt2/train/finetune": FinetuneGPT2,
     "gpt2/eval/evaluate": EvaluateGPT2,
