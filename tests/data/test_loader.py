@@ -1,32 +1,8 @@
 import numpy as np
 import pytest
 
-from theseus.data import ByteTokenizer, TokenWindows, ValidationWindows, embedded_corpus, read_text_source, split_tokens
-
-
-def test_byte_tokenizer_round_trips_and_separates_documents():
-    tok = ByteTokenizer()
-    text = "héllo wörld ✓"
-    assert tok.decode(tok.encode(text)) == text
-    stream = tok.encode_documents(["ab", "c"])
-    assert stream.tolist() == [97, 98, 256, 99, 256]
-
-
-def test_embedded_corpus_is_real_text_and_stable():
-    docs = embedded_corpus()
-    assert len(docs) > 50 and sum(map(len, docs)) > 400_000
-    assert docs == embedded_corpus()
-    assert "def " in "".join(docs)
-
-
-def test_text_sources(tmp_path):
-    (tmp_path / "b.txt").write_text("second")
-    (tmp_path / "a.md").write_text("first")
-    (tmp_path / "skip.bin").write_bytes(b"\0")
-    assert read_text_source(str(tmp_path)) == ["first", "second"]
-    assert read_text_source(str(tmp_path / "b.txt")) == ["second"]
-    with pytest.raises(FileNotFoundError, match="data source not found"):
-        read_text_source(str(tmp_path / "missing"))
+from theseus.data import PackedWindows, TokenWindows, ValidationWindows, split_tokens
+from theseus.data.loader import mixture_counts, mixture_items
 
 
 def test_split_holds_out_whole_windows_at_the_end():
@@ -56,7 +32,96 @@ def test_batches_are_deterministic_cover_each_pass_and_resume_by_step():
     assert not np.array_equal(other_seed[0][0], batches[0][0])
 
 
+def test_shards_read_as_one_stream_windows_may_span_them():
+    stream = np.arange(1000, dtype=np.uint16)
+    cuts = [0, 7, 7, 300, 301, 650, 1000]  # an empty shard, a one-token shard, uneven sizes
+    shards = [stream[a:b] for a, b in zip(cuts, cuts[1:])]
+    packed, reference = PackedWindows(shards, 9), PackedWindows(stream, 9)
+    assert len(packed) == len(reference) == 100
+    ids = np.arange(100)[::-1]
+    np.testing.assert_array_equal(packed.windows(ids), stream.reshape(100, 10)[ids].astype(np.int32))
+    a = TokenWindows(shards, 9, 8, steps=30, seed=1)
+    b = TokenWindows(stream, 9, 8, steps=30, seed=1)
+    for i in range(30):
+        np.testing.assert_array_equal(a[i][0], b[i][0])
+        np.testing.assert_array_equal(a[i][1], b[i][1])
+
+
+def two_sources():
+    """Source 0 holds tokens < 10,000, source 1 tokens >= 10,000; different sizes."""
+    return [np.arange(0, 17 * 300), np.arange(10_000, 10_000 + 17 * 50)]
+
+
+def test_a_70_30_mixture_gives_tokens_in_that_ratio_over_1000_windows():
+    data = TokenWindows(two_sources(), 16, 10, steps=100, seed=0, weights=[0.7, 0.3])
+    counts = np.zeros(2)
+    for i in range(100):  # 1,000 windows
+        x, y = data[i]
+        counts += [np.sum(x < 10_000) + np.sum(y[:, -1] < 10_000), np.sum(x >= 10_000) + np.sum(y[:, -1] >= 10_000)]
+    share = counts / counts.sum()
+    assert abs(share[0] - 0.7) < 0.02 and abs(share[1] - 0.3) < 0.02
+    assert counts.sum() == 1000 * 17
+
+
+def test_mixtures_are_deterministic_and_resume_exactly():
+    kwargs = dict(block_size=16, batch_size=6, seed=5, weights=[2.0, 1.0])
+    a = TokenWindows(two_sources(), steps=60, **kwargs)
+    b = TokenWindows(two_sources(), steps=60, **kwargs)
+    restored = TokenWindows(two_sources(), steps=23, start_step=37, **kwargs)
+    for i in range(60):
+        np.testing.assert_array_equal(a[i][0], b[i][0])
+    for i in range(23):
+        np.testing.assert_array_equal(restored[i][0], a[37 + i][0])
+        np.testing.assert_array_equal(restored[i][1], a[37 + i][1])
+    other = TokenWindows(two_sources(), steps=1, **{**kwargs, "seed": 6})
+    assert not np.array_equal(other[0][0], a[0][0])
+
+
+def test_each_source_sees_every_window_once_per_pass():
+    data = TokenWindows(two_sources(), 16, 10, steps=60, seed=0, weights=[0.7, 0.3])
+    small = [w for i in range(60) for w in data[i][0][:, 0] if w >= 10_000]  # 180 windows of a 50-window source
+    passes = [sorted(small[p * 50 : (p + 1) * 50]) for p in range(3)]
+    expected = list(range(10_000, 10_000 + 17 * 50, 17))
+    assert passes[0] == passes[1] == passes[2] == expected
+    assert small[:50] != small[50:100]  # each pass in its own order
+
+
+def test_mixture_items_number_each_sources_items_in_order():
+    weights = [0.5, 0.2, 0.3]
+    source, item = mixture_items(np.arange(10_000), weights)
+    for k in range(3):
+        np.testing.assert_array_equal(item[source == k], np.arange(np.sum(source == k)))
+    for n in (1, 9, 10, 777, 10_000):
+        assert mixture_counts(n, weights) == [int(np.sum(source[:n] == k)) for k in range(3)]
+        assert all(abs(c - n * w) < 2 for c, w in zip(mixture_counts(n, weights), weights))
+
+
+def test_prefetching_changes_nothing_and_runs_ahead():
+    tokens = np.arange(17 * 64)
+    plain = TokenWindows(tokens, 16, 4, steps=40, seed=2, prefetch=0)
+    ahead = TokenWindows(tokens, 16, 4, steps=40, seed=2, prefetch=3)
+    for i in [0, 1, 2, 3, 10, 9, 39, 0, 5]:  # in order, skipping, backwards
+        np.testing.assert_array_equal(ahead[i][0], plain[i][0])
+    ahead = TokenWindows(tokens, 16, 4, steps=40, seed=2, prefetch=3)
+    ahead[0]
+    ready = ahead._prefetcher.pending[1].result(timeout=10)  # made without being asked for
+    np.testing.assert_array_equal(ready[0], plain[1][0])
+    assert sorted(ahead._prefetcher.pending) == [1, 2, 3]
+
+
 def test_validation_windows_are_fixed_full_batches():
     val = ValidationWindows(np.arange(17 * 10), 16, 4, max_batches=5)
     assert len(val) == 2
     np.testing.assert_array_equal(val[0][0][:, 0], [0, 17, 34, 51])
+
+
+def test_mixture_validation_reads_each_window_at_most_once_in_proportion():
+    a, b = np.arange(0, 17 * 40), np.arange(10_000, 10_000 + 17 * 10)
+    val = ValidationWindows([a, b], 16, 5, weights=[0.75, 0.25])
+    firsts = np.concatenate([val[i][0][:, 0] for i in range(len(val))])
+    assert len(set(firsts.tolist())) == len(firsts)  # no window twice
+    assert len(val) == 8  # source b's 10 windows run out after 40 rows
+    assert np.sum(firsts >= 10_000) == 10 and np.sum(firsts < 10_000) == 30
+    np.testing.assert_array_equal(val[3][0], ValidationWindows([a, b], 16, 5, weights=[0.75, 0.25])[3][0])
+    with pytest.raises(ValueError, match="make no full batch of 64"):
+        ValidationWindows([a, b], 16, 64, weights=[0.75, 0.25])

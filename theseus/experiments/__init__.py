@@ -5,6 +5,7 @@ imports: one named in the `THESEUS_PLUGINS` environment variable (comma-separate
 module names) or registered under the `theseus.plugins` entry-point group.
 """
 
+from theseus.experiments.data import Tokenize
 from theseus.experiments.gpt import EvaluateGPT, PretrainGPT
 from theseus.experiments.gpt2 import EvaluateGPT2, FinetuneGPT2, PretrainGPT2
 from theseus.experiments.llama import EvaluateLlama, FinetuneLlama, PretrainLlama
@@ -13,6 +14,7 @@ from theseus.experiments.qwen2 import EvaluateQwen2, FinetuneQwen2, PretrainQwen
 from theseus.experiments.qwen3 import EvaluateQwen3, FinetuneQwen3, PretrainQwen3
 
 JOBS: dict[str, type] = {
+    "data/tokenize": Tokenize,
     "gpt/train/pretrain": PretrainGPT,
     "gpt/eval/evaluate": EvaluateGPT,
     "gpt2/train/pretrain": PretrainGPT2,
