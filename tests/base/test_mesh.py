@@ -12,8 +12,9 @@ from theseus.base import run as runs
 from theseus.base.mesh import FSDP_RULES, Strategy, Topology, check_placement, strategy_rules
 from theseus.config import ConfigError
 from theseus.experiments.gpt import PretrainGPT
-from theseus.model.models import GPT
-from theseus.model.module import ShardingError
+from theseus.model import models
+from theseus.model.models import GPT, CausalLM
+from theseus.model.module import ShardingError, abstract_build
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution shards on JAX only")
 
@@ -152,6 +153,42 @@ def test_every_variable_lives_where_the_rules_say_and_shrinks_by_its_degree(name
     assert len(per_device) == 8 and set(per_device.values()) == {want_per_device}
     # the input batch is split over the batch axis
     assert tuple(distribution.get_data_layout((8, 32)).axes) == ("batch", None)
+
+
+# Every family theseus ships, in the variants that change its set of weights.
+FAMILIES = {
+    "GPT": [{}, {"tie_embeddings": False, "position": "rope", "bias": False}],
+    "Llama": [{"n_kv_head": 2}, {"n_kv_head": 2, "qkv_bias": True, "qk_norm": True, "tie_embeddings": True}],
+}
+
+
+def test_every_shipped_family_is_checked_for_coverage():
+    shipped = {n for n in models.__all__ if isinstance(getattr(models, n), type) and issubclass(getattr(models, n), CausalLM)}
+    assert shipped - {"CausalLM"} <= set(FAMILIES)
+
+
+@pytest.mark.parametrize("family, variant", [(f, i) for f in FAMILIES for i in range(len(FAMILIES[f]))])
+def test_the_rules_cover_every_weight_of_every_shipped_model(family, variant):
+    if family not in models.__all__:
+        pytest.skip(f"{family} is not shipped here")
+
+    def build():
+        model = getattr(models, family)(vocab_size=64, block_size=16, n_layer=1, n_head=4, n_embd=32, **FAMILIES[family][variant])
+        model.build((None, 16))
+        return model
+
+    with abstract_build():
+        model = build()
+    assert model.uncovered() == {}
+    for strategy, shard in STRATEGIES.values():
+        if strategy == "dp":
+            continue
+        distribution = Topology(strategy=strategy, shard=shard, strict=True).distribution(build)
+        for variable in model.weights:
+            layout = distribution.get_tensor_layout(variable.path)
+            assert layout is not None and len(layout.axes) == len(variable.shape), variable.path
+            if strategy != "tp":  # fully sharded: every matrix and norm has a residual-width dimension
+                assert len(variable.shape) == 1 or "batch" in layout.axes, variable.path
 
 
 def test_a_weight_built_under_another_name_than_its_layout_is_caught():
