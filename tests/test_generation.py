@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from keras import ops
 
+from hf_checkpoints import FAMILIES, hf_model
 from support import run_command
 from theseus.config import ConfigError
 from theseus.generation import Generator, choose_tokens
+from theseus.model.huggingface import HFCompat
 from theseus.model.models import GPT
 
 TINY = dict(vocab_size=61, block_size=40, n_layer=2, n_head=2, n_embd=32, tie_embeddings=False)
@@ -162,3 +164,31 @@ def test_generation_is_the_same_on_every_backend(backend, tmp_path):
     assert other["sampled"] == sampled.tokens
     for mine, theirs in zip(greedy.scores, other["scores"]):
         np.testing.assert_allclose(np.asarray(theirs), mine, atol=1e-4, rtol=0)
+
+
+HF_PROMPTS = [[17, 250, 3, 99, 42, 7, 130], [5, 300], [64, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hugging_face_models_generate_what_transformers_generates(family, tmp_path):
+    """A random checkpoint of each family: greedy tokens equal `transformers`' own greedy
+    `generate` on each prompt alone (theseus runs them as one left-padded batch), and the
+    cached logits equal a full forward pass at every step."""
+    import torch
+
+    reference = hf_model(family, seed=1)
+    reference.save_pretrained(str(tmp_path))
+    model = HFCompat(id=str(tmp_path))  # a GPT or Llama inside, its cache reached through HFCompat
+    eos = reference.generation_config.eos_token_id
+    stop = [eos] if isinstance(eos, int) else list(eos or [])
+    out = Generator(model)(HF_PROMPTS, max_new_tokens=10, stop_token_ids=stop, return_scores=True)
+    for prompt, tokens, scores in zip(HF_PROMPTS, out.tokens, out.scores):
+        with torch.no_grad():
+            expected = reference.generate(
+                torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                max_new_tokens=10, do_sample=False, pad_token_id=0,
+            )[0, len(prompt):].tolist()
+        assert tokens == expected
+        np.testing.assert_allclose(scores, full_logits(model, prompt + tokens)[len(prompt) - 1 : -1], atol=1e-4, rtol=0)
+    assert any(len(set(tokens)) > 2 for tokens in out.tokens)  # not a degenerate repetition
