@@ -1,80 +1,223 @@
 import json
+import math
 import shutil
 
 import keras
 import numpy as np
 import pytest
 
+from theseus import cli
 from theseus.base import run as runs
 from theseus.config import ConfigError
+from theseus.experiments import JOBS
 from theseus.experiments.gpt import PretrainGPT
 from theseus.training import checkpoint as ckpt
+from theseus.training.callbacks import NonFiniteLoss, StepCallback
 
 TINY = {
     "architecture/n_layer": 1, "architecture/n_embd": 32, "architecture/n_head": 2, "architecture/block_size": 32,
+    "architecture/dropout": 0.1,  # a resume must restore the dropout RNG too
     "training/batch_size": 4, "training/tokens": 4 * 32 * 12, "logging/validation_interval": 6,
     "logging/validation_batches": 2, "logging/checkpoint_interval": 4, "logging/log_interval": 2,
-    "logging/progress_bar": False, "logging/keep_checkpoints": 0,
+    "logging/progress_bar": False, "logging/keep_checkpoints": 0, "logging/peak_flops": 1e12, "topology/devices": 1,
 }
 
 
-def train(run_dir, **overrides):
-    fields, values = runs.configure("gpt/train/pretrain", {**TINY, **overrides}, require=True)
-    runs.prepare_run_dir(run_dir, "gpt/train/pretrain", fields, values)
-    job = PretrainGPT(values, run_dir)
-    result = job.run()
-    return job, result
+def job_for(run_dir=None, cls=PretrainGPT, key="gpt/train/pretrain", **overrides):
+    fields, values = runs.configure(key, {**TINY, **overrides}, require=True)
+    if run_dir is not None:
+        runs.prepare_run_dir(run_dir, key, fields, values)
+    return cls(values, run_dir)
 
 
-def weights(run_dir, step):
-    fields, values = runs.configure("gpt/train/pretrain", TINY, require=True)
-    job = PretrainGPT(values)
+def train(run_dir=None, **overrides):
+    job = job_for(run_dir, **overrides)
+    return job, job.run()
+
+
+def restored(run_dir, step, **overrides):
+    """A fresh model with the checkpoint of `step` loaded: its weights, optimizer and RNG variables."""
+    job = job_for(**overrides)
     model = job.build_model()
     job.compile(model, job.build_schedule())
     ckpt.restore(ckpt.Checkpoint(ckpt.step_dir(run_dir / "checkpoints", step), step), model)
-    return [np.array(w) for w in model.get_weights()] + [np.array(v) for v in model.optimizer.variables]
+    return model
+
+
+def state_of(model):
+    return [np.array(v) for v in [*model.variables, *model.optimizer.variables]]
 
 
 def rows(run_dir):
-    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """One uninterrupted tiny run (12 steps, checkpoints every 4 and at each new best validation loss)."""
+    run_dir = tmp_path_factory.mktemp("whole") / "run"
+    job, result = train(run_dir)
+    return run_dir, job, result
 
 
 @pytest.mark.slow
-def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
-    whole = tmp_path / "whole"
-    job, result = train(whole)
+def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path, whole):
+    run_dir, job, result = whole
     assert job.total_steps == 12
-    assert [c.step for c in ckpt.complete(whole / "checkpoints")] == [4, 8, 12]
     assert result["val_loss"] < result["initial_val_loss"]
+    kept = [c.step for c in ckpt.complete(run_dir / "checkpoints")]
+    assert {4, 8, 12} <= set(kept) and set(kept) <= {4, 6, 8, 12}  # 6: only if its val loss was a new best
 
     resumed = tmp_path / "resumed"
-    shutil.copytree(whole, resumed)
-    for step in (8, 12):  # as if the run died just after its step-4 checkpoint
-        shutil.rmtree(ckpt.step_dir(resumed / "checkpoints", step))
-    train(resumed)
-    for a, b in zip(weights(whole, 12), weights(resumed, 12)):
+    shutil.copytree(run_dir, resumed)
+    for checkpoint in ckpt.complete(resumed / "checkpoints"):
+        if checkpoint.step > 4:  # as if the run died just after its step-4 checkpoint
+            shutil.rmtree(checkpoint.path)
+    _, again = train(resumed)
+    assert again["start_step"] == 4
+    for a, b in zip(state_of(restored(run_dir, 12)), state_of(restored(resumed, 12))):
         np.testing.assert_allclose(a, b, atol=1e-6)
-    # metrics after the resume point are those of the uninterrupted run, once each
-    a, b = rows(whole), rows(resumed)
+    a, b = rows(run_dir), rows(resumed)  # after the resume point: the same rows, once each
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b):
-        for key in ("loss", "val_loss", "lr"):
-            if key in ra:
-                assert rb[key] == pytest.approx(ra[key], rel=1e-5), (ra, rb)
+        for key in set(ra) - {"tokens_per_sec", "mfu"}:
+            assert rb[key] == pytest.approx(ra[key], rel=1e-6), (key, ra, rb)
 
 
-def test_a_corrupt_newest_checkpoint_is_skipped(tmp_path, caplog):
-    model = keras.Sequential([keras.layers.Dense(2)])
-    model.build((None, 3))
-    root = tmp_path / "checkpoints"
-    ckpt.save(root, model, {"step": 1})
-    newest = ckpt.save(root, model, {"step": 2})
-    data = (newest.path / ckpt.MODEL_FILE).read_bytes()
-    (newest.path / ckpt.MODEL_FILE).write_bytes(data[: len(data) // 2])
-    assert ckpt.latest(root).step == 1
-    assert "does not match its manifest" in caplog.text
-    with pytest.raises(ckpt.CheckpointError):
-        ckpt.restore(newest, model)
+@pytest.mark.slow
+def test_metrics_rows_hold_every_field(whole):
+    run_dir, job, _ = whole
+    all_rows = rows(run_dir)
+    assert all_rows[0] == {"step": 0, "tokens": 0, "val_loss": all_rows[0]["val_loss"], "val_ppl": all_rows[0]["val_ppl"]}
+    train_rows = [r for r in all_rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == [2, 4, 6, 8, 10, 12]
+    for row in train_rows:
+        assert set(row) >= {"step", "tokens", "loss", "lr", "grad_norm", "update_norm", "tokens_per_sec", "mfu"}
+        assert row["tokens"] == row["step"] * 4 * 32
+        assert row["mfu"] == pytest.approx(row["tokens_per_sec"] * job.flops_per_token(job.model) / 1e12)
+    assert [r["step"] for r in all_rows if "val_loss" in r] == [0, 6, 12]
+    for row in all_rows:
+        if "val_loss" in row:
+            assert row["val_ppl"] == pytest.approx(math.exp(row["val_loss"]))
+    schedule = job.build_schedule()
+    assert [r["lr"] for r in train_rows] == pytest.approx([float(schedule(r["step"] - 1)) for r in train_rows])
+    csv_lines = (run_dir / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0] == "step,tokens,loss,val_loss,val_ppl,lr,grad_norm,update_norm,tokens_per_sec,mfu"
+    assert [int(line.split(",")[0]) for line in csv_lines[1:]] == [r["step"] for r in all_rows]
+    assert (run_dir / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_four_micro_batches_make_the_update_of_one_big_batch():
+    # 3 optimizer steps of 16 sequences; a 2-step warmup, so a schedule that saw the
+    # micro-batch counter would give different learning rates; clipping at 0.5 is active.
+    # No dropout: four micro-batches draw other dropout masks than one batch of 16.
+    common = dict(**{"training/batch_size": 16, "training/tokens": 16 * 32 * 3, "optimization/warmup": 2,
+                     "optimization/clip_norm": 0.5, "logging/validation_interval": 100, "architecture/dropout": 0.0})
+    big, _ = train(**common)
+    small, _ = train(**common, **{"training/micro_batch_size": 4})
+    assert small.model.optimizer.gradient_accumulation_steps == 4
+    assert int(small.model.optimizer.iterations) == int(big.model.optimizer.iterations) == 3
+    for a, b in zip(big.model.get_weights(), small.model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert np.array(small.model.optimizer.gradient_norm) == pytest.approx(np.array(big.model.optimizer.gradient_norm), rel=1e-5)
+
+
+def test_micro_batch_size_must_divide_the_batch():
+    with pytest.raises(ConfigError, match="training/micro_batch_size=3 must divide training/batch_size=4"):
+        job_for(**{"training/micro_batch_size": 3})
+
+
+class Poison(StepCallback):
+    """Make one weight NaN after step `at`: the next step's loss is NaN."""
+
+    def __init__(self, at, **kwargs):
+        super().__init__(**kwargs)
+        self.at = at
+
+    def on_step_end(self, step, logs):
+        if step == self.at:
+            weight = self.model.trainable_weights[0]
+            weight.assign(np.full(weight.shape, np.nan, dtype="float32"))
+
+
+class PoisonedGPT(PretrainGPT):
+    """A GPT job whose weights turn NaN after step 5."""
+
+    def callbacks(self, start_step, validation, schedule, resumed):
+        return [*super().callbacks(start_step, validation, schedule, resumed), Poison(5, start_step=start_step)]
+
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, whole, monkeypatch, capsys):
+    monkeypatch.setitem(JOBS, "test/poisoned", PoisonedGPT)
+    fields, values = runs.configure("test/poisoned", TINY, require=True)
+    config = tmp_path / "poisoned.yaml"
+    config.write_text(runs.config_text("test/poisoned", fields, values))
+
+    code = cli.main(["run", "dev", str(config), str(tmp_path)])
+    run_dir = tmp_path / "dev"
+    good = ckpt.step_dir(run_dir / "checkpoints", 4)
+    assert code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"theseus: training stopped: the loss is nan at step 6; the last good checkpoint is {good} "
+        "(nothing after it was written)"
+    )
+    assert [c.step for c in ckpt.complete(run_dir / "checkpoints")] == [4]
+    assert max(r["step"] for r in rows(run_dir)) == 4  # the row of step 6 was never written
+    model = restored(run_dir, 4)
+    assert all(np.isfinite(v).all() for v in state_of(model))
+    for a, b in zip(state_of(model), state_of(restored(whole[0], 4))):  # the same as a healthy run's
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_a_checkpoint_of_non_finite_weights_is_refused(tmp_path):
+    job = job_for(tmp_path / "run")
+    model = job.build_model()
+    job.compile(model, job.build_schedule())
+    model.trainable_weights[1].assign(np.full(model.trainable_weights[1].shape, np.inf, dtype="float32"))
+    from theseus.training.callbacks import Checkpointer
+
+    checkpointer = Checkpointer(tmp_path / "checkpoints", interval=1, tokens_per_step=128, start_step=0, total_steps=2)
+    checkpointer.set_model(model)
+    with pytest.raises(NonFiniteLoss, match="the weights are not finite after step 1"):
+        checkpointer.on_train_batch_end(0, {"loss": 1.0})
+    assert not list((tmp_path / "checkpoints").glob("step_*"))
+
+
+@pytest.mark.slow
+def test_bfloat16_computes_in_bfloat16_with_float32_weights_and_loss():
+    mixed, result = train(**{"training/precision": "bfloat16", "training/tokens": 4 * 32 * 4})
+    model = mixed.model
+    assert {v.dtype for v in model.trainable_variables} == {"float32"}  # master weights
+    assert model.blocks[0].attn.compute_dtype == "bfloat16"
+    tokens = np.arange(64, dtype="int32").reshape(2, 32)
+    assert keras.ops.convert_to_numpy(model(tokens)).dtype == np.float32  # the loss sees float32 logits
+    # The same initial weights in float32: bfloat16 keeps 8 significant bits, so the initial
+    # validation loss differs, but by less than bfloat16's relative precision (2^-7).
+    _, full = train(**{"training/precision": "float32", "training/tokens": 4 * 32 * 4})
+    assert result["initial_val_loss"] != full["initial_val_loss"]
+    assert result["initial_val_loss"] == pytest.approx(full["initial_val_loss"], rel=2**-7)
+    assert math.isfinite(result["val_loss"]) and result["val_loss"] < result["initial_val_loss"]
+
+
+def one_step(**overrides):
+    """The weights after one optimizer step from the same initial weights and batch."""
+    job = job_for(**{"training/tokens": 4 * 32, "optimization/warmup": 0, **overrides})
+    job.run()
+    return {w.path: np.array(w) for w in job.model.trainable_weights}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("decay_embeddings", [False, True])
+def test_embeddings_get_weight_decay_only_when_asked(decay_embeddings):
+    decayed = one_step(**{"optimization/weight_decay": 0.5, "optimization/decay_embeddings": decay_embeddings})
+    plain = one_step(**{"optimization/weight_decay": 0.0})
+    for path in ("gpt/wte/embeddings", "gpt/wpe/embeddings"):
+        assert np.array_equal(decayed[path], plain[path]) != decay_embeddings, path
+    for path in ("gpt/block_0/ln_1/gamma", "gpt/block_0/attn/query/bias"):  # never decayed
+        np.testing.assert_array_equal(decayed[path], plain[path])
+    assert not np.array_equal(decayed["gpt/block_0/mlp/up/kernel"], plain["gpt/block_0/mlp/up/kernel"])
 
 
 def test_too_few_tokens_for_one_step_is_a_config_error():

@@ -9,15 +9,17 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import time
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Mapping
 
+from theseus.base.multihost import is_primary
 from theseus.config import ConfigError, Field, collect, dump_yaml, flatten, load_yaml, resolve, write_atomic
 
 JOB_KEY = "job"
 CONFIG_FILE = "config.yaml"
-RESUMABLE_CHANGES = ("logging/",)  # keys that may differ when a run is resumed
+RESUMABLE_CHANGES = ("logging/", "topology/")  # keys that may differ when a run is resumed
 
 
 def load_plugins() -> None:
@@ -95,18 +97,41 @@ def prepare_run_dir(run_dir: Path, key: str, fields: Mapping[str, Field], values
             what = f"job {old_key!r}" if old_key != key else ", ".join(changed[:6])
             raise ConfigError(
                 f"run folder {run_dir} already holds a run with a different config ({what}); "
-                "resuming it would be wrong: pick another name or remove the folder"
+                "resuming it would be wrong: pick another name, or pass --fresh to start over (the old folder is moved aside)"
             )
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(existing, text)
+    if is_primary():  # multi-host: process 0 alone writes the run folder
+        write_atomic(existing, text)
 
 
-def launch(key: str, fields: Mapping[str, Field], values: Mapping[str, Any], out_dir: str | os.PathLike, name: str) -> dict[str, Any]:
-    """Run job `key` in `out_dir/name`, resuming it if it exists; its result dict."""
+def set_aside(run_dir: Path) -> Path:
+    """Rename an existing run folder to `NAME.old-YYYYmmdd-HHMMSS` (never delete a run); the new path."""
+    target = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    suffix = 1
+    while target.exists():
+        target, suffix = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"), suffix + 1
+    os.replace(run_dir, target)
+    print(f"moved the previous run to {target}", flush=True)
+    return target
+
+
+def launch(
+    key: str,
+    fields: Mapping[str, Field],
+    values: Mapping[str, Any],
+    out_dir: str | os.PathLike,
+    name: str,
+    fresh: bool = False,
+) -> dict[str, Any]:
+    """Run job `key` in `out_dir/name`, resuming it if it exists (unless `fresh`: then the
+    old folder is set aside and the run starts over); its result dict."""
     cls = job_class(key)
     run_dir = Path(out_dir) / name
     job = cls(dict(values), run_dir)  # constructing validates what the config alone cannot
+    if fresh and run_dir.exists():
+        set_aside(run_dir)
     prepare_run_dir(run_dir, key, fields, values)
     result = job.run() or {}
     print(f"run folder: {run_dir} (config.yaml, checkpoints/, metrics.jsonl)", flush=True)
     return result
+

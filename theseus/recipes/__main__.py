@@ -4,6 +4,7 @@
     --out DIR        where runs live (default: runs)
     --name NAME      the run's folder name (default: the job key with dashes)
     --backend NAME   jax (default), tensorflow or torch
+    --fresh          start over: move an existing run folder aside instead of resuming it
     --any.config.key=VALUE   override one config value, e.g. --training.tokens=2e6
 
 Running the same command again resumes the run from its newest checkpoint.
@@ -18,11 +19,12 @@ import theseus  # noqa: F401  (sets the default Keras backend before Keras loads
 
 
 def main(job: str, config: str | None = None, out: str = "runs", name: str | None = None,
-         backend: str | None = None, **overrides) -> None:
+         backend: str | None = None, fresh: bool = False, **overrides) -> None:
     if backend is not None:
         os.environ["KERAS_BACKEND"] = backend
     from theseus.base import run as runs
     from theseus.config import ConfigError, resolve
+    from theseus.training.callbacks import TrainingStopped
 
     try:
         if config is not None:
@@ -31,10 +33,13 @@ def main(job: str, config: str | None = None, out: str = "runs", name: str | Non
             key, fields, values = job, runs.table(runs.job_class(job)), {}
         overrides = {k.replace(".", "/"): v for k, v in overrides.items()}
         values = resolve(fields, values, _as_text(fields, overrides))
-        runs.launch(key, fields, values, out, name or key.replace("/", "-"))
+        runs.launch(key, fields, values, out, name or key.replace("/", "-"), fresh=fresh)
     except ConfigError as error:
         print(f"theseus: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except TrainingStopped as error:
+        print(f"theseus: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
 
 
 def _as_text(fields, overrides: dict) -> dict:

@@ -1,21 +1,150 @@
-"""Training features as Keras callbacks, each one concern, counting global steps.
+"""Training features as Keras callbacks, each one concern, counting optimizer steps.
 
-A run resumed at step k calls `fit` on the remaining batches, so every callback is told
-`start_step` and reports `start_step + batch + 1`: the number of optimizer updates done.
+A run resumed at step k calls `fit` on the remaining batches, and with gradient
+accumulation `fit` sees `micro_steps` batches per optimizer step; so the step callbacks
+(`StepCallback`) are told `start_step` and `micro_steps` and act once per update, on step
+`start_step + (batch + 1) / micro_steps`: the number of optimizer updates done.
+
+Keras calls callbacks in list order with one shared `logs` dict, and appends its progress
+bar last; the trainer orders them so that each sees what the earlier ones added:
+`StopOnNonFinite`, `Throughput`, `LearningRate`, `Validation`, `MetricsLogger`, `Checkpointer`,
+`StopOnSignal`.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
+from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import keras
 
+from theseus.base import multihost
 from theseus.training import checkpoint as ckpt
+from theseus.training.norms import NormTracking
+
+COLUMNS = ("step", "tokens", "loss", "val_loss", "val_ppl", "lr", "grad_norm", "update_norm", "tokens_per_sec", "mfu")
+"""The fields of a metrics row, in the CSV's column order."""
+
+
+class TrainingStopped(RuntimeError):
+    """Training ended early; `exit_code` is what the command line exits with."""
+
+    exit_code = 1
+
+
+class NonFiniteLoss(TrainingStopped):
+    """The loss became NaN or infinite; nothing after the last good checkpoint was saved."""
+
+
+class Interrupted(TrainingStopped):
+    """SIGTERM or SIGINT stopped training after a checkpoint was saved."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention for "killed by signal"
+
+
+class StepCallback(keras.callbacks.Callback):
+    """A callback that acts once per optimizer step, in `on_step_end(step, logs)`."""
+
+    def __init__(self, start_step: int = 0, total_steps: Optional[int] = None, micro_steps: int = 1):
+        super().__init__()
+        self.start_step, self.total_steps, self.micro_steps = start_step, total_steps, micro_steps
+
+    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+        if (batch + 1) % self.micro_steps == 0:
+            self.on_step_end(self.start_step + (batch + 1) // self.micro_steps, logs if logs is not None else {})
+
+    def on_step_end(self, step: int, logs: dict) -> None:
+        raise NotImplementedError
+
+    def is_last(self, step: int) -> bool:
+        return step == self.total_steps
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Raise `NonFiniteLoss` as soon as the loss is NaN or infinite.
+
+    Raising (rather than Keras's `TerminateOnNaN`, which sets `stop_training`) skips every
+    later callback, so neither this batch nor the end of training saves the broken state.
+    """
+
+    def __init__(self, start_step: int = 0, micro_steps: int = 1):
+        super().__init__()
+        self.start_step, self.micro_steps = start_step, micro_steps
+
+    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            step = self.start_step + batch // self.micro_steps + 1
+            raise NonFiniteLoss(f"training stopped: the loss is {loss} at step {step}")
+
+
+class Throughput(keras.callbacks.Callback):
+    """Add `tokens_per_sec` (and `mfu`, when `flops_per_token` and `peak_flops` are known) to the logs.
+
+    Measured over the last `window` batches, from each batch's start to its end (which, with
+    the logs read back, includes waiting for the device), so time spent in validation or
+    checkpoints does not count. The first batch of a `fit` compiles: it is reported alone
+    (a row right after a resume shows it) and left out of the window from the next batch on.
+    MFU (model FLOPs utilisation) = `tokens_per_sec * flops_per_token / peak_flops`.
+    """
+
+    def __init__(self, tokens_per_batch: int, window: int, flops_per_token: float = 0.0, peak_flops: float = 0.0):
+        super().__init__()
+        self.tokens_per_batch, self.flops_per_token, self.peak_flops = tokens_per_batch, flops_per_token, peak_flops
+        self.times: deque[float] = deque(maxlen=window)
+        self._begin = 0.0
+
+    def on_train_batch_begin(self, batch: int, logs: Optional[dict] = None) -> None:
+        self._begin = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+        if logs is None:
+            return
+        if batch == 1:
+            self.times.clear()
+        self.times.append(time.perf_counter() - self._begin)
+        rate = len(self.times) * self.tokens_per_batch / max(sum(self.times), 1e-9)
+        logs["tokens_per_sec"] = rate
+        if self.flops_per_token and self.peak_flops:
+            logs["mfu"] = rate * self.flops_per_token / self.peak_flops
+
+
+def measure_peak_flops(dtype: str = "float32", size: int = 2048, repeats: int = 3) -> float:
+    """FLOP/s of the fastest of `repeats` square matmuls on the default device: the achievable
+    peak that MFU is measured against when the hardware's rated peak is not given."""
+    a = keras.random.normal((size, size), dtype=dtype, seed=0)
+    keras.ops.convert_to_numpy(keras.ops.matmul(a, a)[0, 0])  # compile and warm up
+    fastest = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        keras.ops.convert_to_numpy(keras.ops.matmul(a, a)[0, 0])
+        fastest = min(fastest, time.perf_counter() - start)
+    return 2 * size**3 / fastest
+
+
+class LearningRate(StepCallback):
+    """Add `lr`, the learning rate of the step's update, to the logs (for the progress bar and rows)."""
+
+    def __init__(self, schedule: Callable[[int], Any], start_step: int = 0, micro_steps: int = 1):
+        super().__init__(start_step, micro_steps=micro_steps)
+        self.schedule = schedule
+
+    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+        if logs is not None:  # the same rate on every micro-batch of a step
+            step = self.start_step + batch // self.micro_steps
+            logs["lr"] = float(keras.ops.convert_to_numpy(self.schedule(step)))
 
 
 def _reset_metrics_keeping(model: keras.Model, run: Callable[[], Any]) -> Any:
@@ -28,22 +157,20 @@ def _reset_metrics_keeping(model: keras.Model, run: Callable[[], Any]) -> Any:
             variable.assign(value)
 
 
-class Validation(keras.callbacks.Callback):
+class Validation(StepCallback):
     """Evaluate on a fixed held-out set every `interval` steps and at the end.
 
-    Adds `val_loss` and `val_ppl` to the batch's logs, so the progress bar and the
-    metrics logger (placed after it) see them.
+    Adds `val_loss` and `val_ppl` to the step's logs, so the progress bar, the metrics
+    logger and the checkpointer (placed after it) see them.
     """
 
-    def __init__(self, data, interval: int, start_step: int, total_steps: int):
-        super().__init__()
+    def __init__(self, data, interval: int, start_step: int, total_steps: int, micro_steps: int = 1):
+        super().__init__(start_step, total_steps, micro_steps)
         self.data, self.interval = data, interval
-        self.start_step, self.total_steps = start_step, total_steps
         self.last: Optional[dict[str, float]] = None
 
-    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
-        step = self.start_step + batch + 1
-        if logs is None or not (step % self.interval == 0 or step == self.total_steps):
+    def on_step_end(self, step: int, logs: dict) -> None:
+        if not (step % self.interval == 0 or self.is_last(step)):
             return
         model = self.model
         result = _reset_metrics_keeping(model, lambda: model.evaluate(self.data, verbose=0, return_dict=True))
@@ -52,12 +179,15 @@ class Validation(keras.callbacks.Callback):
         logs.update(self.last)
 
 
-class MetricsLogger(keras.callbacks.Callback):
-    """Append one JSON row per logged step to `metrics.jsonl`.
+class MetricsLogger(StepCallback):
+    """Append one row per logged step to `metrics.jsonl` and `metrics.csv` (see `COLUMNS`).
 
-    Training rows (every `interval` steps) hold `step`, `tokens`, `loss` (the mean over
-    the steps since the last row: the loss tracker is reset after each row), `lr` (the rate
-    the step's update used) and `tokens_per_sec`; validation rows add `val_loss`, `val_ppl`.
+    Training rows (every `interval` steps) hold `loss` (the mean over the steps since the
+    last row: the loss tracker is reset after each row), `lr`, the optimizer's `grad_norm`
+    and `update_norm` (when it tracks them, see `theseus.training.norms`), `tokens_per_sec`
+    and `mfu`; validation rows add `val_loss` and `val_ppl`. `loss_state`, the tracker's
+    sums saved in a checkpoint, is put back when a resumed `fit` begins, so the first row
+    after a resume averages the same steps as in an uninterrupted run.
     """
 
     def __init__(
@@ -67,63 +197,97 @@ class MetricsLogger(keras.callbacks.Callback):
         tokens_per_step: int,
         start_step: int,
         total_steps: int,
-        schedule: Optional[Callable] = None,
+        micro_steps: int = 1,
+        loss_state: Optional[Sequence[float]] = None,
+        sinks: Sequence[Callable[[dict], None]] = (),
     ):
-        super().__init__()
+        super().__init__(start_step, total_steps, micro_steps)
         self.path = Path(path)
         self.interval, self.tokens_per_step = interval, tokens_per_step
-        self.start_step, self.total_steps = start_step, total_steps
-        self.schedule = schedule
-        self._last_time: Optional[float] = None
-        self._last_step = start_step
+        self.loss_state, self.sinks = loss_state, list(sinks)
 
-    def on_train_begin(self, logs: Optional[dict] = None) -> None:
-        self._last_time = time.perf_counter()
+    def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
+        if self.loss_state is not None:  # `fit` has just reset the metrics
+            for variable, value in zip(self.model.metrics_variables, self.loss_state):
+                variable.assign(value)
 
-    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
-        logs = logs or {}
-        step = self.start_step + batch + 1
+    def on_step_end(self, step: int, logs: dict) -> None:
         row: dict[str, Any] = {}
-        if step % self.interval == 0 or step == self.total_steps:
-            now = time.perf_counter()
+        if step % self.interval == 0 or self.is_last(step):
             row["loss"] = float(logs["loss"])
-            if self.schedule is not None:
-                row["lr"] = float(keras.ops.convert_to_numpy(self.schedule(step - 1)))
-            row["tokens_per_sec"] = (step - self._last_step) * self.tokens_per_step / max(now - self._last_time, 1e-9)
-            self._last_time, self._last_step = now, step
-            if step < self.total_steps:  # the next row's loss covers only its own steps
+            row.update({k: float(logs[k]) for k in ("lr", "tokens_per_sec", "mfu") if k in logs})
+            optimizer = self.model.optimizer
+            if isinstance(optimizer, NormTracking):
+                row["grad_norm"] = float(keras.ops.convert_to_numpy(optimizer.gradient_norm.value))
+                row["update_norm"] = float(keras.ops.convert_to_numpy(optimizer.update_norm.value))
+            if not self.is_last(step):  # the next row's loss covers only its own steps
                 self.model.reset_metrics()
-        for key in ("val_loss", "val_ppl"):
-            if key in logs:
-                row[key] = float(logs[key])
+        row.update({k: float(logs[k]) for k in ("val_loss", "val_ppl") if k in logs})
         if row:
             self.write({"step": step, "tokens": step * self.tokens_per_step, **row})
 
     def write(self, row: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if not multihost.is_primary():  # multi-host: process 0 alone writes the run folder
+            return
+        append_row(self.path, row)
+        for sink in self.sinks:
+            sink(row)
+
+
+def _csv_path(jsonl: Path) -> Path:
+    return jsonl.with_suffix(".csv")
+
+
+def _csv_line(row: dict[str, Any]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow([row.get(column, "") for column in COLUMNS])
+    return out.getvalue()
+
+
+def append_row(path: str | os.PathLike, row: dict[str, Any]) -> None:
+    """Append `row` to the JSONL file `path` and to the CSV beside it (header first)."""
+    path = Path(path)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    csv_path = _csv_path(path)
+    header = "" if csv_path.is_file() else _csv_line(dict(zip(COLUMNS, COLUMNS)))
+    with open(csv_path, "a") as f:
+        f.write(header + _csv_line(row))
+
+
+def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a `metrics.jsonl`; a last line torn by a killed process is left out."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def truncate_metrics(path: str | os.PathLike, step: int) -> None:
-    """Drop rows after `step` (written by a run that died after its last checkpoint)."""
+    """Keep only the rows up to `step` (a run that died after its last checkpoint wrote more)."""
+    from theseus.config import write_atomic
+
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() or not multihost.is_primary():
         return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in rows if json.loads(line)["step"] <= step]
-    if len(kept) != len(rows):
-        from theseus.config import write_atomic
-
-        write_atomic(path, "".join(line + "\n" for line in kept))
+    kept = [row for row in read_rows(path) if row["step"] <= step]
+    write_atomic(path, "".join(json.dumps(row) + "\n" for row in kept))
+    write_atomic(_csv_path(path), "".join(_csv_line(row) for row in [dict(zip(COLUMNS, COLUMNS)), *kept]))
 
 
-class Checkpointer(keras.callbacks.Callback):
-    """Save a checkpoint every `interval` steps and at the end of training.
+class Checkpointer(StepCallback):
+    """Save a checkpoint every `interval` steps, whenever the validation loss is the best
+    so far, and at the end of training (also when a signal stopped it).
 
     Args:
         root: the run's `checkpoints/` folder.
         state: extra fields for `state.json` (e.g. the data seed), besides step and tokens.
-        keep: how many recent checkpoints to keep (0 = all).
+        keep: how many recent checkpoints to keep (0 = all); the best one is kept as well.
+        files: extra text files for every checkpoint (the run's `config.yaml`).
+        best_val_loss: the lowest validation loss of the checkpoints already saved.
     """
 
     def __init__(
@@ -133,20 +297,25 @@ class Checkpointer(keras.callbacks.Callback):
         tokens_per_step: int,
         start_step: int,
         total_steps: int,
+        micro_steps: int = 1,
         state: Optional[dict[str, Any]] = None,
         keep: int = 3,
+        files: Optional[dict[str, str]] = None,
+        best_val_loss: float = math.inf,
     ):
-        super().__init__()
+        super().__init__(start_step, total_steps, micro_steps)
         self.root = Path(root)
         self.interval, self.tokens_per_step = interval, tokens_per_step
-        self.start_step, self.total_steps = start_step, total_steps
-        self.state, self.keep = dict(state or {}), keep
-        self.step = start_step
-        self.saved_step = start_step
+        self.state, self.keep, self.files = dict(state or {}), keep, dict(files or {})
+        self.best_val_loss = best_val_loss
+        self.step = self.saved_step = start_step
+        self.val_loss: Optional[float] = None
 
-    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
-        self.step = self.start_step + batch + 1
-        if self.step % self.interval == 0:
+    def on_step_end(self, step: int, logs: dict) -> None:
+        ckpt.test_signal(f"step:{step}")
+        self.step = step
+        self.val_loss = float(logs["val_loss"]) if "val_loss" in logs else None
+        if step % self.interval == 0 or (self.val_loss is not None and self.val_loss < self.best_val_loss):
             self.save()
 
     def on_train_end(self, logs: Optional[dict] = None) -> None:
@@ -154,7 +323,58 @@ class Checkpointer(keras.callbacks.Callback):
             self.save()
 
     def save(self) -> ckpt.Checkpoint:
-        state = {**self.state, "step": self.step, "tokens": self.step * self.tokens_per_step}
-        checkpoint = ckpt.save(self.root, self.model, state, keep=self.keep)
+        model = self.model
+        if not all(bool(keras.ops.all(keras.ops.isfinite(w.value))) for w in model.trainable_weights):
+            raise NonFiniteLoss(f"training stopped: the weights are not finite after step {self.step}")
+        state = {
+            **self.state,
+            "step": self.step,
+            "tokens": self.step * self.tokens_per_step,
+            "loss_state": [float(keras.ops.convert_to_numpy(v.value)) for v in model.metrics_variables],
+        }
+        if self.val_loss is not None:
+            state["val_loss"] = self.val_loss
+            self.best_val_loss = min(self.best_val_loss, self.val_loss)
+        checkpoint = ckpt.save(self.root, model, state, keep=self.keep, files=self.files)
         self.saved_step = self.step
         return checkpoint
+
+
+class Signals:
+    """While entered, SIGTERM and SIGINT are recorded in `received` instead of ending the
+    process; a second one of the same kind acts as it normally would (a forced quit).
+    Outside the main thread, where Python cannot handle signals, it does nothing."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "Signals":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+        signal.signal(signum, self._previous[signum])
+        name = signal.Signals(signum).name
+        print(f"\n{name}: stopping after this step with a checkpoint ({name} again to quit now)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class StopOnSignal(StepCallback):
+    """End training after the step during which `signals` received SIGTERM or SIGINT
+    (the checkpointer then saves it, in `on_train_end`)."""
+
+    def __init__(self, signals: Signals, start_step: int = 0, micro_steps: int = 1):
+        super().__init__(start_step, micro_steps=micro_steps)
+        self.signals = signals
+
+    def on_step_end(self, step: int, logs: dict) -> None:
+        if self.signals.received is not None:
+            self.model.stop_training = True

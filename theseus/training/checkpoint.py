@@ -1,11 +1,13 @@
 """Checkpoints on disk: complete or absent, never half-written.
 
 A checkpoint is a folder `checkpoints/step_00000100/` holding `model.weights.h5` (Keras's
-own format, readable by every backend: the model's variables, dropout RNG state included,
-and its optimizer's), `state.json` (step, tokens, ...) and `manifest.json` (size and
-SHA-256 of every file). It is written into a temporary folder
-and renamed into place, so a crash leaves either the whole checkpoint or none; a loader
-checks the manifest and skips a checkpoint that does not match it.
+own format, readable by every backend: the model's weights and its optimizer's variables),
+`state.json` (step, tokens, validation loss, the RNG state that `save_weights` leaves out,
+the loss tracker's running sums), a copy of the run's `config.yaml`, and `manifest.json`
+(size and SHA-256 of every file). It is written into a temporary folder and renamed into
+place, so a crash leaves either the whole checkpoint or none; a loader checks the manifest
+and skips a checkpoint that does not match it. `latest` and `best` (lowest validation loss)
+are one-line pointer files beside the checkpoints.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import json
 import logging
 import os
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Optional
 
 import keras
+import numpy as np
 
+from theseus.base import multihost
 from theseus.config import write_atomic
 
 log = logging.getLogger("theseus")
@@ -28,6 +33,13 @@ log = logging.getLogger("theseus")
 MODEL_FILE = "model.weights.h5"
 STATE_FILE = "state.json"
 MANIFEST_FILE = "manifest.json"
+TEMPORARY_PREFIX = ".tmp_"
+BROKEN_PREFIX = "broken_"
+
+TEST_SIGNAL = "THESEUS_TEST_SIGNAL"
+"""Test hook: `SIGKILL@checkpoint:8` makes this process send itself SIGKILL once checkpoint 8
+is fully written to its temporary folder, before the rename that publishes it; `SIGTERM@step:5`
+signals it after optimizer step 5. The tests use it to kill a run at an exact point."""
 
 
 class CheckpointError(RuntimeError):
@@ -44,6 +56,15 @@ class Checkpoint:
         return json.loads((self.path / STATE_FILE).read_text())
 
 
+def test_signal(point: str) -> None:
+    """Send this process the signal that `$THESEUS_TEST_SIGNAL` names for `point` (see `TEST_SIGNAL`)."""
+    wanted = os.environ.get(TEST_SIGNAL)
+    if wanted:
+        name, _, at = wanted.partition("@")
+        if at == point:
+            os.kill(os.getpid(), signal.Signals[name])
+
+
 def _digest(path: Path) -> str:
     sha = hashlib.sha256()
     with open(path, "rb") as f:
@@ -56,33 +77,98 @@ def step_dir(root: Path, step: int) -> Path:
     return root / f"step_{step:08d}"
 
 
-def save(root: str | os.PathLike, model: keras.Model, state: dict[str, Any], keep: int = 3) -> Checkpoint:
+def rng_variables(model: keras.Model) -> list[keras.Variable]:
+    """The model's variables that `save_weights` does not store: its RNG (seed generator) states."""
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.non_trainable_variables if id(v) not in weights]
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder by renaming it to a temporary name first, so no half-deleted
+    checkpoint is ever visible under its final name."""
+    doomed = path.with_name(f"{TEMPORARY_PREFIX}delete_{path.name}")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed)
+
+
+def save(
+    root: str | os.PathLike,
+    model: keras.Model,
+    state: dict[str, Any],
+    keep: int = 3,
+    files: Optional[Mapping[str, str]] = None,
+) -> Checkpoint:
     """Write a checkpoint of `model` (and its optimizer) at `state["step"]` under `root`.
 
-    Keeps the newest `keep` checkpoints (0 keeps all) and updates `root/latest`.
+    `files` are extra text files to include (e.g. `{"config.yaml": ...}`). Keeps the newest
+    `keep` checkpoints (0 keeps all) plus the one with the lowest `val_loss`, and updates
+    the `latest` and `best` pointers.
     """
     root = Path(root)
+    if not multihost.is_primary():  # multi-host: help gather the sharded state; process 0 writes it
+        with multihost.gathered(multihost.model_state(model)):
+            pass
+        multihost.sync(f"checkpoint {state['step']}")
+        return Checkpoint(step_dir(root, int(state["step"])), int(state["step"]))
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(f"{TEMPORARY_PREFIX}*"):  # left by a process killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
     step = int(state["step"])
     final = step_dir(root, step)
-    tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_weights(tmp / MODEL_FILE)  # the optimizer's variables too, once it is built
+    tmp = root / f"{TEMPORARY_PREFIX}step_{step:08d}_{os.getpid()}"
+    tmp.mkdir()
+    with multihost.gathered(multihost.model_state(model)):  # whole arrays, even those split over hosts
+        model.save_weights(tmp / MODEL_FILE)  # the optimizer's variables too, once it is built
+    state = {**state, "rng": [keras.ops.convert_to_numpy(v.value).tolist() for v in rng_variables(model)]}
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True))
-    files = sorted(p.name for p in tmp.iterdir())
-    manifest = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _digest(tmp / name)} for name in files}
+    for name, text in (files or {}).items():
+        (tmp / name).write_text(text)
+    names = sorted(p.name for p in tmp.iterdir())
+    manifest = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _digest(tmp / name)} for name in names}
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    for name in files + [MANIFEST_FILE]:  # durable before it becomes visible
+    for name in names + [MANIFEST_FILE]:  # durable before it becomes visible
         with open(tmp / name, "rb") as f:
             os.fsync(f.fileno())
-    if final.exists():  # the same step saved again (e.g. SIGTERM right after a save)
-        shutil.rmtree(final)
+    test_signal(f"checkpoint:{step}")
+    if final.exists():  # the same step saved again (e.g. a signal right after a save)
+        _remove(final)
     os.replace(tmp, final)
     write_atomic(root / "latest", final.name + "\n")
-    if keep > 0:
-        for old in complete(root)[:-keep]:
-            shutil.rmtree(old.path, ignore_errors=True)
+    _prune(root, keep)
+    multihost.sync(f"checkpoint {step}")
     return Checkpoint(final, step)
+
+
+def _val_loss(checkpoint: Checkpoint) -> float:
+    try:
+        value = checkpoint.state.get("val_loss")
+    except (OSError, json.JSONDecodeError):
+        return float("inf")
+    return float("inf") if value is None else float(value)
+
+
+def best(root: str | os.PathLike) -> Optional[Checkpoint]:
+    """The checkpoint with the lowest validation loss (None if none has one)."""
+    scored = [(_val_loss(c), c.step, c) for c in complete(root)]
+    scored = [s for s in scored if s[0] != float("inf")]
+    return min(scored, key=lambda s: s[:2])[2] if scored else None
+
+
+def best_val_loss(root: str | os.PathLike) -> float:
+    """The lowest validation loss among the checkpoints under `root` (inf if none has one)."""
+    winner = best(root)
+    return _val_loss(winner) if winner is not None else float("inf")
+
+
+def _prune(root: Path, keep: int) -> None:
+    winner = best(root)
+    if winner is not None:
+        write_atomic(root / "best", winner.path.name + "\n")
+    if keep <= 0:
+        return
+    for old in complete(root)[:-keep]:
+        if old != winner:
+            _remove(old.path)
 
 
 def verify(path: Path) -> None:
@@ -127,10 +213,38 @@ def latest(root: str | os.PathLike) -> Checkpoint | None:
     return None
 
 
+def set_aside_after(root: str | os.PathLike, step: int) -> list[Path]:
+    """Rename checkpoints newer than `step` (ones `latest` skipped as broken) to `broken_step_...`.
+
+    They are kept for inspection, but no longer count as checkpoints: the resumed run
+    writes those steps again, and pruning must not keep them in place of good ones.
+    """
+    moved = []
+    if not multihost.is_primary():  # multi-host: process 0 alone writes the run folder
+        return moved
+    for checkpoint in complete(root):
+        if checkpoint.step > step:
+            target = checkpoint.path.with_name(BROKEN_PREFIX + checkpoint.path.name)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(checkpoint.path, target)
+            log.warning("moved broken checkpoint %s to %s", checkpoint.path, target.name)
+            moved.append(target)
+    return moved
+
+
 def restore(checkpoint: Checkpoint, model: keras.Model) -> dict[str, Any]:
-    """Load weights (and optimizer state, when the model is compiled) into a built model."""
+    """Load weights, optimizer state (when the model is compiled) and RNG state into a built model."""
     verify(checkpoint.path)
     if model.optimizer is not None and not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)  # so its slots load too
     model.load_weights(checkpoint.path / MODEL_FILE)
-    return checkpoint.state
+    state = checkpoint.state
+    variables = rng_variables(model)
+    if len(state.get("rng", [])) != len(variables):
+        raise CheckpointError(
+            f"{checkpoint.path}: holds {len(state.get('rng', []))} RNG states, the model has {len(variables)}"
+        )
+    for variable, value in zip(variables, state.get("rng", [])):
+        variable.assign(np.asarray(value, dtype=variable.dtype))
+    return state
