@@ -372,6 +372,8 @@ def save_hf(
     source = model.checkpoint if isinstance(model, HFCompat) else None
     architecture = model.architecture if isinstance(model, HFCompat) else model
     family = source.family if source is not None else family_of(architecture)
+    if not architecture.built:
+        architecture.build((None, None))
     kwargs = model_kwargs(architecture)
     variables = relative_paths(architecture)
     if dtype is None:
