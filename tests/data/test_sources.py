@@ -134,3 +134,22 @@ def test_tfds_errors_name_the_problem(tmp_path):
         Source("tfds:local_notes", tfds_data_dir=str(tmp_path / "empty")).check()
     with pytest.raises(ConfigError, match="data/source: tfds dataset 'mnist' is not prepared in .*theseus never downloads"):
         Source("tfds:mnist", tfds_data_dir=str(tmp_path / "empty")).check()
+
+
+@pytest.mark.slow
+def test_training_reads_a_tfds_dataset_built_from_local_files(tmp_path):
+    from theseus.base import run as runs
+
+    data_dir = build_tfds(tmp_path, embedded_corpus())
+    overrides = {
+        "data/source": "tfds:local_notes", "data/tfds_data_dir": str(data_dir),
+        "architecture/n_layer": 1, "architecture/n_embd": 64, "architecture/n_head": 2, "architecture/block_size": 64,
+        "training/batch_size": 16, "training/tokens": 16 * 64 * 60, "logging/validation_interval": 30,
+        "logging/validation_batches": 4, "logging/progress_bar": False, "logging/plot": False, "topology/devices": 1,
+    }
+    fields, values = runs.configure("gpt/train/pretrain", overrides, require=True)
+    job = runs.job_class("gpt/train/pretrain")(values, tmp_path / "run")
+    runs.prepare_run_dir(tmp_path / "run", "gpt/train/pretrain", fields, values)
+    result = job.run()
+    assert sum(len(t) for t in job.datasets(0)[0].sources[0].shards) > 300_000  # the tfds text, not a stand-in
+    assert result["val_loss"] < 0.7 * result["initial_val_loss"], result
