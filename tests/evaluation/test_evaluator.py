@@ -1,5 +1,5 @@
-"""End to end, as a user runs it: train a tiny GPT, evaluate its checkpoint with
-`gpt/eval/evaluate`, and print completions with `theseus generate`."""
+"""End to end, as a user runs it: train a tiny GPT (evaluating it as it trains), evaluate
+its checkpoint with `gpt/eval/evaluate`, and print completions with `theseus generate`."""
 
 import json
 
@@ -11,7 +11,7 @@ TRAIN = """
 job: gpt/train/pretrain
 training: {tokens: 12288, batch_size: 4}
 architecture: {block_size: 64, n_layer: 1, n_embd: 32, n_head: 2}
-logging: {validation_interval: 24, checkpoint_interval: 24, progress_bar: false}
+logging: {validation_interval: 24, checkpoint_interval: 24, progress_bar: false, evaluations: [perplexity]}
 topology: {devices: 1}
 data: {source: %s}
 """
@@ -40,6 +40,10 @@ def test_evaluate_a_trained_run_and_generate_from_it(tmp_path, theseus_cli):
     assert results["perplexity"]["nll"] == pytest.approx(final["val_loss"], rel=1e-5)
     assert results["perplexity"]["bits_per_byte"] == pytest.approx(final["val_loss"] / 0.6931471805599453, rel=1e-5)
     assert set(results[f"multiple_choice:{tmp_path / 'mc.jsonl'}"]) == {"acc", "acc_norm", "n"}
+    # The same evaluation, run by the trainer every validation_interval steps.
+    during = [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in during] == [24, 48]
+    assert during[-1]["perplexity/nll"] == pytest.approx(results["perplexity"]["nll"], rel=1e-5)
 
     printed = theseus_cli("generate", run, "--prompt", "The function ", "--prompt", "x", "--max-new-tokens", "12", check=True)
     completions = load(str(run)).generate(["The function ", "x"], 12)

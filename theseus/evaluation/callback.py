@@ -10,18 +10,24 @@ from typing import Any, Callable, Iterable, Optional
 import keras
 import numpy as np
 
+from theseus.base import multihost
+from theseus.config import write_atomic
 from theseus.evaluation.base import Evaluation
 from theseus.evaluation.language_model import LanguageModel
 from theseus.evaluation.tasks import run_evaluations
+
+EVALUATIONS_FILE = "evaluations.jsonl"
 
 
 class EvaluationCallback(keras.callbacks.Callback):
     """Evaluate the training model every `interval` optimizer steps and at the end.
 
-    Each evaluation appends one row to `path` (the run's `metrics.jsonl`):
+    Each evaluation appends one row to `path` (a run's `evaluations.jsonl`):
     `{"step": s, "tokens": t, "SPEC/METRIC": value, ...}`, and its numbers go into the
-    batch's logs under the same names. The `LanguageModel` is built once, on the first
-    evaluation; its compiled functions read the weights as they are at each call.
+    batch's logs under the same names. A resumed run first drops the rows after its
+    `start_step` (written after the checkpoint it resumes from). The `LanguageModel` is
+    built once, on the first evaluation; its compiled functions read the weights as they
+    are at each call.
 
     Args:
         evaluations: `{spec: evaluation}` (see `theseus.evaluation.tasks.evaluations`).
@@ -54,6 +60,12 @@ class EvaluationCallback(keras.callbacks.Callback):
         self.history: list[dict[str, Any]] = []
         self._lm: Optional[LanguageModel] = None
 
+    def on_train_begin(self, logs: Optional[dict] = None) -> None:
+        if self.path is not None and self.path.is_file() and multihost.is_primary():
+            rows = [line for line in self.path.read_text().splitlines() if line.strip()]
+            kept = [line for line in rows if json.loads(line)["step"] <= self.start_step]
+            write_atomic(self.path, "".join(line + "\n" for line in kept))
+
     def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
         if (batch + 1) % self.micro_steps:
             return
@@ -71,7 +83,7 @@ class EvaluationCallback(keras.callbacks.Callback):
         row = {"step": step, "tokens": step * self.tokens_per_step}
         row.update({f"{spec}/{metric}": value for spec, metrics in results.items() for metric, value in metrics.items()})
         self.history.append(row)
-        if self.path is not None:
+        if self.path is not None and multihost.is_primary():  # multi-host: process 0 writes
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
         return row

@@ -24,6 +24,8 @@ from theseus.base.mesh import Topology, check_placement
 from theseus.config import ConfigError, build, field
 from theseus.data import TokenWindows, ValidationWindows, load_tokenizer
 from theseus.data.config import DataConfig, training_data
+from theseus.evaluation.callback import EVALUATIONS_FILE, EvaluationCallback
+from theseus.evaluation.tasks import evaluations
 from theseus.model.models.causal_lm import as_causal_lm
 from theseus.model.module import Module
 from theseus.training import checkpoint as ckpt
@@ -138,6 +140,7 @@ class BaseTrainerConfig(DataConfig):
     progress_bar: bool = field("logging/progress_bar", default=True, help="show Keras's progress bar")
     peak_flops: float = field("logging/peak_flops", default=0.0, help="peak FLOP/s of the devices, for MFU; 0 = measure a matmul at start")
     plot: bool = field("logging/plot", default=True, help="draw metrics.png (loss, val loss and lr against tokens) at the end")
+    evaluations: list[str] = field("logging/evaluations", default_factory=list, help="run every validation_interval steps into evaluations.jsonl, e.g. [perplexity, 'multiple_choice:FILE.jsonl'] (theseus.evaluation.tasks)")
 
 
 class BaseTrainer(Generic[M]):
@@ -181,6 +184,7 @@ class BaseTrainer(Generic[M]):
         self.topology = build(Topology, values)
         batch_key = "training/micro_batch_size" if self.micro_steps > 1 else "training/batch_size"
         self.topology.validate(micro_batch_size, batch_key)  # joins a multi-host job; before anything is written
+        self.evaluations = evaluations(cfg.evaluations)  # a bad task file fails here too
 
     # ------------------------------------------------------------------ parts
 
@@ -289,6 +293,16 @@ class BaseTrainer(Generic[M]):
             LearningRate(schedule, start_step, self.micro_steps),
             Validation(validation, cfg.validation_interval, **steps),
         ]
+        if self.evaluations:
+            callbacks.append(
+                EvaluationCallback(
+                    self.evaluations, self.tokenizer(), cfg.validation_interval,
+                    path=self.run_dir / EVALUATIONS_FILE if self.run_dir is not None and multihost.is_primary() else None,
+                    tokens_per_step=self.tokens_per_step,
+                    heldout=lambda: (validation[i] for i in range(len(validation))),
+                    **steps,
+                )
+            )
         if self.run_dir is not None:
             callbacks.append(
                 MetricsLogger(self.run_dir / METRICS_FILE, cfg.log_interval, self.tokens_per_step,
