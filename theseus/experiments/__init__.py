@@ -6,7 +6,7 @@ module names) or registered under the `theseus.plugins` entry-point group.
 """
 
 from theseus.experiments.data import Tokenize
-from theseus.experiments.gpt import EvaluateGPT, PretrainGPT
+from theseus.experiments.gpt import EvaluateGPT, FinetuneGPT, PretrainGPT
 from theseus.experiments.gpt2 import EvaluateGPT2, FinetuneGPT2, PretrainGPT2
 from theseus.experiments.llama import EvaluateLlama, FinetuneLlama, PretrainLlama
 from theseus.experiments.mistral import EvaluateMistral, FinetuneMistral, PretrainMistral
@@ -16,6 +16,7 @@ from theseus.experiments.qwen3 import EvaluateQwen3, FinetuneQwen3, PretrainQwen
 JOBS: dict[str, type] = {
     "data/tokenize": Tokenize,
     "gpt/train/pretrain": PretrainGPT,
+    "gpt/train/finetune": FinetuneGPT,
     "gpt/eval/evaluate": EvaluateGPT,
     "gpt2/train/pretrain": PretrainGPT2,
     "gpt2/train/finetune": FinetuneGPT2,

@@ -3,10 +3,18 @@
 from theseus.evaluation.evaluator import BaseEvaluator
 from theseus.model.models import GPT
 from theseus.training import BaseTrainer, BaseTrainerConfig
+from theseus.training.finetune import NativeFinetuner
 
 
 class PretrainGPT(BaseTrainer[GPT]):
     """Pretrain a GPT from scratch (byte-level tokens, WSD, AdamW); offline by default."""
+
+    MODEL = GPT
+    CONFIG = BaseTrainerConfig
+
+
+class FinetuneGPT(NativeFinetuner[GPT]):
+    """Fine-tune a GPT run's checkpoint on chats or text (all weights, some, or LoRA); writes RUN/hf."""
 
     MODEL = GPT
     CONFIG = BaseTrainerConfig

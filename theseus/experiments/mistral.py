@@ -2,6 +2,7 @@
 
 from theseus.evaluation.huggingface import HFEvaluator
 from theseus.model.huggingface import HFCompat
+from theseus.training.finetune import HFFinetuner
 from theseus.training.huggingface import HFFinetuneConfig, HFTrainer, HFTrainerConfig
 
 
@@ -13,8 +14,8 @@ class PretrainMistral(HFTrainer[HFCompat]):
     MODEL_TYPES = ("mistral",)
 
 
-class FinetuneMistral(HFTrainer[HFCompat]):
-    """Fine-tune a Mistral checkpoint in Hugging Face format on text; writes RUN/hf."""
+class FinetuneMistral(HFFinetuner[HFCompat]):
+    """Fine-tune a Mistral checkpoint in Hugging Face format on chats or text (all weights, some, or LoRA); writes RUN/hf."""
 
     MODEL = HFCompat
     CONFIG = HFFinetuneConfig

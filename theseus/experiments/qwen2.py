@@ -2,6 +2,7 @@
 
 from theseus.evaluation.huggingface import HFEvaluator
 from theseus.model.huggingface import HFCompat
+from theseus.training.finetune import HFFinetuner
 from theseus.training.huggingface import HFFinetuneConfig, HFTrainer, HFTrainerConfig
 
 
@@ -13,8 +14,8 @@ class PretrainQwen2(HFTrainer[HFCompat]):
     MODEL_TYPES = ("qwen2",)
 
 
-class FinetuneQwen2(HFTrainer[HFCompat]):
-    """Fine-tune a Qwen2 checkpoint in Hugging Face format on text; writes RUN/hf."""
+class FinetuneQwen2(HFFinetuner[HFCompat]):
+    """Fine-tune a Qwen2 checkpoint in Hugging Face format on chats or text (all weights, some, or LoRA); writes RUN/hf."""
 
     MODEL = HFCompat
     CONFIG = HFFinetuneConfig

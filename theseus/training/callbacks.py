@@ -302,8 +302,10 @@ class Checkpointer(StepCallback):
         keep: int = 3,
         files: Optional[dict[str, str]] = None,
         best_val_loss: float = math.inf,
+        save_weights: Optional[Any] = None,
     ):
         super().__init__(start_step, total_steps, micro_steps)
+        self.save_weights = save_weights  # writes the weights file; None = model.save_weights
         self.root = Path(root)
         self.interval, self.tokens_per_step = interval, tokens_per_step
         self.state, self.keep, self.files = dict(state or {}), keep, dict(files or {})
@@ -335,7 +337,7 @@ class Checkpointer(StepCallback):
         if self.val_loss is not None:
             state["val_loss"] = self.val_loss
             self.best_val_loss = min(self.best_val_loss, self.val_loss)
-        checkpoint = ckpt.save(self.root, model, state, keep=self.keep, files=self.files)
+        checkpoint = ckpt.save(self.root, model, state, keep=self.keep, files=self.files, save_weights=self.save_weights)
         self.saved_step = self.step
         return checkpoint
 

@@ -20,7 +20,7 @@ import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import keras
 import numpy as np
@@ -97,6 +97,7 @@ def save(
     state: dict[str, Any],
     keep: int = 3,
     files: Optional[Mapping[str, str]] = None,
+    save_weights: Optional[Callable[[Path], None]] = None,
 ) -> Checkpoint:
     """Write a checkpoint of `model` (and its optimizer) at `state["step"]` under `root`.
 
@@ -118,7 +119,7 @@ def save(
     tmp = root / f"{TEMPORARY_PREFIX}step_{step:08d}_{os.getpid()}"
     tmp.mkdir()
     with multihost.gathered(multihost.model_state(model)):  # whole arrays, even those split over hosts
-        model.save_weights(tmp / MODEL_FILE)  # the optimizer's variables too, once it is built
+        (save_weights or model.save_weights)(tmp / MODEL_FILE)  # the optimizer's variables too, once it is built
     state = {**state, "rng": [keras.ops.convert_to_numpy(v.value).tolist() for v in rng_variables(model)]}
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True))
     for name, text in (files or {}).items():
@@ -233,12 +234,18 @@ def set_aside_after(root: str | os.PathLike, step: int) -> list[Path]:
     return moved
 
 
-def restore(checkpoint: Checkpoint, model: keras.Model) -> dict[str, Any]:
-    """Load weights, optimizer state (when the model is compiled) and RNG state into a built model."""
+def restore(
+    checkpoint: Checkpoint, model: keras.Model, load_weights: Optional[Callable[[Path], None]] = None
+) -> dict[str, Any]:
+    """Load weights, optimizer state (when the model is compiled) and RNG state into a built model.
+
+    `save_weights` (in `save`) and `load_weights` replace `model.save_weights` / `load_weights`
+    for a run that checkpoints part of its model (LoRA adapters, see `theseus.training.lora`).
+    """
     verify(checkpoint.path)
     if model.optimizer is not None and not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)  # so its slots load too
-    model.load_weights(checkpoint.path / MODEL_FILE)
+    (load_weights or model.load_weights)(checkpoint.path / MODEL_FILE)
     state = checkpoint.state
     variables = rng_variables(model)
     if len(state.get("rng", [])) != len(variables):

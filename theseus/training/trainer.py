@@ -318,6 +318,7 @@ class BaseTrainer(Generic[M]):
                     keep=cfg.keep_checkpoints,
                     files={CONFIG_FILE: config.read_text()} if config.is_file() else None,
                     best_val_loss=ckpt.best_val_loss(self.run_dir / CHECKPOINTS),
+                    save_weights=self.checkpoint_weights(self.model)[0],
                     **steps,
                 )
             )
@@ -402,10 +403,15 @@ class BaseTrainer(Generic[M]):
         if checkpoint is None:  # rows of an attempt that died before its first checkpoint
             truncate_metrics(self.run_dir / METRICS_FILE, -1)
             return {}
-        state = ckpt.restore(checkpoint, model)
+        state = ckpt.restore(checkpoint, model, self.checkpoint_weights(model)[1])
         truncate_metrics(self.run_dir / METRICS_FILE, state["step"])
         print(f"resuming from {checkpoint.path} (step {state['step']})", flush=True)
         return state
+
+    def checkpoint_weights(self, model: M) -> tuple[Any, Any]:
+        """How checkpoints write and read the weights file (each a function of its path);
+        `(None, None)`: the whole model and optimizer, `model.save_weights` / `load_weights`."""
+        return None, None
 
     def plot(self) -> None:
         """Draw `metrics.png` in the run folder (when `logging/plot` and there are rows)."""

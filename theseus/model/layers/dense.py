@@ -1,4 +1,8 @@
-"""Dense projection and token embedding with logical axes on their weights."""
+"""Dense projection and token embedding with logical axes on their weights.
+
+`Dense.enable_lora(rank, alpha)` is Keras's LoRA (`keras.layers.Dense.enable_lora`) on
+theseus's projection: the adapters carry logical axes too, so a sharded model stays sharded.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ class Dense(Module):
 
     Example:
         >>> up = Dense(512, axes=(Axes.N_EMBD, Axes.N_EMBD_FF), name="up")
+        >>> up.build((None, 128))
+        >>> up.enable_lora(8, alpha=16)  # only the (128, 8) and (8, 512) adapters train now
     """
 
     def __init__(
@@ -38,6 +44,12 @@ class Dense(Module):
         self.axes = tuple(axes)
         self.use_bias = use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.lora_rank: Optional[int] = None
+        self.lora_alpha: Optional[float] = None
+
+    @property
+    def lora_enabled(self) -> bool:
+        return self.lora_rank is not None
 
     def build(self, input_shape: tuple) -> None:
         self.kernel = self.add_weight(
@@ -54,7 +66,56 @@ class Dense(Module):
 
     def call(self, x):
         y = ops.matmul(x, self.kernel)
+        if self.lora_enabled:  # through the rank-r bottleneck: the (in, out) update is never formed
+            update = ops.matmul(ops.matmul(x, self.lora_kernel_a), self.lora_kernel_b)
+            y = y + update * (self.lora_alpha / self.lora_rank)
         return y + self.bias if self.bias is not None else y
+
+    def enable_lora(
+        self,
+        rank: int,
+        alpha: Optional[float] = None,
+        a_initializer: Any = "he_uniform",
+        b_initializer: Any = "zeros",
+    ) -> None:
+        """Freeze the kernel and learn a low-rank update, as Keras's `Dense.enable_lora`:
+        `y = x @ kernel + alpha / rank * (x @ A) @ B`, A `(in, rank)` and B `(rank, out)`.
+
+        B starts at zero, so the layer computes exactly what it did before. The bias (if
+        any) stays trainable only if the caller says so: this freezes the kernel alone.
+        `alpha` defaults to `rank` (scale 1), as in Keras.
+        """
+        if not self.built:
+            raise ValueError(f"{self.path}: build the layer before enabling LoRA")
+        if self.lora_enabled:
+            raise ValueError(f"{self.path}: LoRA is already enabled (rank {self.lora_rank})")
+        if not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"Argument `rank` must be a positive integer. Received: rank={rank!r}")
+        self._tracker.unlock()  # Keras locks a built layer's state; adapters are new state
+        self.lora_kernel_a = self.add_weight(
+            name="lora_kernel_a", shape=(self.kernel.shape[0], rank),
+            initializer=keras.initializers.get(a_initializer), axes=(self.axes[0], None),
+        )
+        self.lora_kernel_b = self.add_weight(
+            name="lora_kernel_b", shape=(rank, self.units),
+            initializer=keras.initializers.get(b_initializer), axes=(None, self.axes[1]),
+        )
+        self._tracker.lock()
+        self.kernel.trainable = False
+        self.lora_rank, self.lora_alpha = rank, float(alpha if alpha is not None else rank)
+
+    def merge_lora(self) -> None:
+        """Fold the adapters into the kernel (`kernel += alpha / rank * A @ B`) and drop
+        them: the layer is a plain, trainable `Dense` again, computing the same function."""
+        if not self.lora_enabled:
+            raise ValueError(f"{self.path}: LoRA is not enabled")
+        scale = self.lora_alpha / self.lora_rank
+        update = ops.matmul(self.lora_kernel_a, self.lora_kernel_b)
+        self.kernel.assign(self.kernel + ops.cast(update * scale, self.kernel.dtype))
+        del self.lora_kernel_a  # Keras untracks a deleted variable
+        del self.lora_kernel_b
+        self.kernel.trainable = True
+        self.lora_rank = self.lora_alpha = None
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (*input_shape[:-1], self.units)
