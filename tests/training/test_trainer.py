@@ -224,3 +224,24 @@ def test_too_few_tokens_for_one_step_is_a_config_error():
     _, values = runs.configure("gpt/train/pretrain", {**TINY, "training/tokens": 10}, require=True)
     with pytest.raises(ConfigError, match="training/tokens=10 is less than one step"):
         PretrainGPT(values)
+
+
+@pytest.mark.slow
+def test_tensorboard_gets_the_metrics_rows_at_their_steps(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tmp_path / "run", **{"logging/tensorboard": True, "training/tokens": 4 * 32 * 6})
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    logged = rows(tmp_path / "run")
+    for key in ("loss", "val_loss", "lr", "grad_norm", "tokens_per_sec"):
+        expected = [(r["step"], r[key]) for r in logged if key in r]
+        seen = [(e.step, float(np.asarray(tensor_value(e)))) for e in events.Tensors(key)]
+        assert [s for s, _ in seen] == [s for s, _ in expected] and len(seen) >= 2, key
+        assert [v for _, v in seen] == pytest.approx([v for _, v in expected], rel=1e-6), key
+
+
+def tensor_value(event):
+    from tensorboard.util.tensor_util import make_ndarray
+
+    return make_ndarray(event.tensor_proto)

@@ -234,6 +234,28 @@ class MetricsLogger(StepCallback):
             sink(row)
 
 
+class TensorBoardWriter:
+    """A metrics-row sink: every number of a row as a TensorBoard scalar at the row's step.
+
+    Keras's own `TensorBoard` callback counts batches from 0 in every `fit`, so a resumed
+    run would start its curves over; rows carry the optimizer step. Needs TensorFlow and
+    the `tensorboard` package; writes event files under `log_dir`, offline.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike):
+        import tensorflow as tf
+
+        self.summary = tf.summary
+        self.writer = tf.summary.create_file_writer(str(log_dir))
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        with self.writer.as_default(step=row["step"]):
+            for key, value in row.items():
+                if key != "step":
+                    self.summary.scalar(key, value)
+        self.writer.flush()
+
+
 def _csv_path(jsonl: Path) -> Path:
     return jsonl.with_suffix(".csv")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import math
 import signal
@@ -38,6 +39,7 @@ from theseus.training.callbacks import (
     Signals,
     StopOnNonFinite,
     StopOnSignal,
+    TensorBoardWriter,
     Throughput,
     Validation,
     measure_peak_flops,
@@ -140,6 +142,7 @@ class BaseTrainerConfig(DataConfig):
     progress_bar: bool = field("logging/progress_bar", default=True, help="show Keras's progress bar")
     peak_flops: float = field("logging/peak_flops", default=0.0, help="peak FLOP/s of the devices, for MFU; 0 = measure a matmul at start")
     plot: bool = field("logging/plot", default=True, help="draw metrics.png (loss, val loss and lr against tokens) at the end")
+    tensorboard: bool = field("logging/tensorboard", default=False, help="also write the metrics rows as TensorBoard scalars (run_dir/tensorboard; needs the tensorboard package)")
     evaluations: list[str] = field("logging/evaluations", default_factory=list, help="run every validation_interval steps into evaluations.jsonl, e.g. [perplexity, 'multiple_choice:FILE.jsonl'] (theseus.evaluation.tasks)")
 
 
@@ -181,6 +184,8 @@ class BaseTrainer(Generic[M]):
                 f"training/micro_batch_size={cfg.micro_batch_size} must divide training/batch_size={cfg.batch_size}"
             )
         self.micro_steps = cfg.batch_size // micro_batch_size  # forward/backward passes per optimizer step
+        if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("logging/tensorboard: true needs the tensorboard package (pip install tensorboard)")
         self.topology = build(Topology, values)
         batch_key = "training/micro_batch_size" if self.micro_steps > 1 else "training/batch_size"
         self.topology.validate(micro_batch_size, batch_key)  # joins a multi-host job; before anything is written
@@ -306,7 +311,8 @@ class BaseTrainer(Generic[M]):
         if self.run_dir is not None:
             callbacks.append(
                 MetricsLogger(self.run_dir / METRICS_FILE, cfg.log_interval, self.tokens_per_step,
-                              loss_state=resumed.get("loss_state"), **steps)
+                              loss_state=resumed.get("loss_state"),
+                              sinks=[TensorBoardWriter(self.run_dir / "tensorboard")] if cfg.tensorboard else [], **steps)
             )
             config = self.run_dir / CONFIG_FILE
             callbacks.append(
