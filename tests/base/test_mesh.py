@@ -242,18 +242,16 @@ def test_twenty_steps_under_each_strategy_match_one_device(name, one_device_loss
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tensorflow", "torch"])
-def test_other_backends_refuse_sharding_and_train_on_one_device(backend, theseus_cli, tmp_path):
+def test_other_backends_refuse_sharding_in_one_line(backend, theseus_cli, tmp_path):
+    """(The default topology, one device there, is trained on by tests/backends.)"""
     config = tmp_path / "gpt.yaml"
-    tiny = [f"{k.replace('/', '.')}={v}" for k, v in {**TINY, "training/tokens": 4 * 8 * 32}.items()]
-    theseus_cli("configure", "gpt/train/pretrain", config, *tiny, check=True)
-    env = {"KERAS_BACKEND": backend}
-    refused = theseus_cli("run", "tp", config, tmp_path / "runs", "topology.strategy=tp", "topology.shard=2", env=env)
+    theseus_cli("configure", "gpt/train/pretrain", config, *[f"{k}={v}" for k, v in TINY.items()], check=True)
+    refused = theseus_cli(
+        "run", "tp", config, tmp_path / "runs", "topology.strategy=tp", "topology.shard=2", env={"KERAS_BACKEND": backend}
+    )
     assert refused.returncode == 2
-    assert refused.stderr.strip() == (
+    assert refused.stderr.strip().splitlines()[-1] == (  # TensorFlow logs a few lines of its own first
         f"theseus: error: topology/strategy=tp needs the JAX backend: Keras {keras.__version__} shards "
         f"variables only on JAX (this run uses {backend}); use strategy dp here"
     )
     assert not (tmp_path / "runs").exists()
-    theseus_cli("run", "dp", config, tmp_path / "runs", env=env, check=True)
-    rows = [json.loads(line) for line in (tmp_path / "runs/dp/metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4] and np.isfinite(rows[-1]["loss"])
