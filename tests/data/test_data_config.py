@@ -2,6 +2,7 @@
 text sources, mixtures, exact resume, and the errors a user meets."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from theseus.data.config import DataConfig
 from theseus.experiments.data import TokenizeConfig
 from theseus.training import BaseTrainerConfig
 from theseus.training import checkpoint as ckpt
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +129,10 @@ def test_the_trainer_refuses_shards_of_another_tokenizer_a_small_vocabulary_and_
     job.datasets(0)
     state.write_text(json.dumps({"step": 4, "data": job.data_fingerprint}))
     assert len(pretrain_job(tmp_path).datasets(4)[0]) == 6
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes" / "data").glob("*.yaml")), ids=lambda p: p.name)
+def test_the_data_recipes_validate(recipe):
+    key, fields, values = runs.read_config(recipe)
+    assert key in ("data/tokenize", "gpt/train/pretrain")
+    DataConfig(mixture=values.get("data/mixture", [])).entries()

@@ -125,3 +125,12 @@ def test_mixture_validation_reads_each_window_at_most_once_in_proportion():
     np.testing.assert_array_equal(val[3][0], ValidationWindows([a, b], 16, 5, weights=[0.75, 0.25])[3][0])
     with pytest.raises(ValueError, match="make no full batch of 64"):
         ValidationWindows([a, b], 16, 64, weights=[0.75, 0.25])
+
+
+def test_a_source_without_validation_windows_is_left_out_of_validation():
+    a, empty = np.arange(0, 17 * 8), np.arange(0)
+    val = ValidationWindows([a, empty], 16, 4, weights=[0.7, 0.3])
+    assert len(val) == 2 and val.weights == [0.7]
+    np.testing.assert_array_equal(val[1][0], ValidationWindows(a, 16, 4)[1][0])
+    with pytest.raises(ValueError, match=r"\[0\] validation windows"):
+        ValidationWindows([empty], 16, 4, weights=[1.0])

@@ -253,7 +253,8 @@ class ValidationWindows(keras.utils.PyDataset):
     `max_batches` of them: the same fixed set at every evaluation.
 
     `tokens` and `weights` are as for `TokenWindows`; a mixture's validation batches hold
-    its sources in the mixture's proportions, each source's windows in order.
+    its sources in the mixture's proportions, each source's windows in order (a source
+    with no validation windows, e.g. tokenized with no validation share, is left out).
     """
 
     def __init__(
@@ -266,7 +267,9 @@ class ValidationWindows(keras.utils.PyDataset):
         weights: Optional[Sequence[float]] = None,
     ):
         super().__init__()
-        self.sources, self.weights = _sources(tokens, block_size, weights)
+        sources, weights = _sources(tokens, block_size, weights)
+        kept = [k for k, source in enumerate(sources) if len(source)] or list(range(len(sources)))
+        self.sources, self.weights = [sources[k] for k in kept], [weights[k] for k in kept]
         self.batch_size = batch_size
         n = _full_batches(self.sources, self.weights, batch_size)
         if n < 1:

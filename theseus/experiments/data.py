@@ -69,4 +69,7 @@ class Tokenize:
             f"train on them with data.source={self.run_dir} data.tokenizer={cfg.tokenizer}",
             flush=True,
         )
+        if cfg.validation_fraction > 0 and not result["validation_tokens"]:
+            print(f"note: no document was held out ({result['documents']} x {cfg.validation_fraction} < 1): "
+                  "in a mixture, validation uses the other sources", flush=True)
         return result
