@@ -87,7 +87,8 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])  # imported once in the server, not per worker
+    # imported once by the server, so that its forked workers start at once
+    context.set_forkserver_preload(["__main__", __name__])
     return context
 
 
@@ -186,7 +187,7 @@ def tokenize_to_shards(
     chars = min(CHUNK_CHARS, shard_tokens)  # a shard closes between chunks: keep it near shard_tokens
     tasks = ((start, chunk, state.validation_fraction) for start, chunk in _chunks(documents, state.documents, chars))
     began, written = time.perf_counter(), 0
-    with _progress_bar(progress, already) as bar, _encoder(tokenizer, workers) as encode:
+    with _progress_bar(progress, already) as bar, _Encoder(tokenizer, workers) as encode:
         for train, validation, n_train, n_validation in encode(tasks):
             writers["train"].append(train)
             writers["validation"].append(validation)
@@ -224,7 +225,7 @@ def _remove_unfinished(folder: Path, state: _State) -> None:
                 path.unlink()
 
 
-class _encoder:
+class _Encoder:
     """A context manager giving `encode(tasks)` -> results in task order, on `workers` processes.
 
     At most two tasks per worker are in flight, so a huge source is never read ahead into memory.
