@@ -109,10 +109,12 @@ class HFTrainer(BaseTrainer[M]):
     def run(self) -> dict[str, Any]:
         result = super().run()
         model = getattr(self, "model", None)
-        if self.config.export and self.run_dir is not None and model is not None and multihost.is_primary():
-            folder = save_hf(model, self.run_dir / "hf", tokenizer=self.export_tokenizer(), overwrite=True)
-            print(f"Hugging Face folder: {folder}", flush=True)
-            result["hf_folder"] = str(folder)
+        if self.config.export and self.run_dir is not None and model is not None:
+            with multihost.gathered(model.weights):  # multi-host: all gather the sharded weights, 0 writes
+                if multihost.is_primary():
+                    folder = save_hf(model, self.run_dir / "hf", tokenizer=self.export_tokenizer(), overwrite=True)
+                    print(f"Hugging Face folder: {folder}", flush=True)
+                    result["hf_folder"] = str(folder)
         return result
 
     def export_tokenizer(self) -> Any:
