@@ -144,7 +144,7 @@ def test_training_reads_a_tfds_dataset_built_from_local_files(tmp_path):
     overrides = {
         "data/source": "tfds:local_notes", "data/tfds_data_dir": str(data_dir),
         "architecture/n_layer": 1, "architecture/n_embd": 64, "architecture/n_head": 2, "architecture/block_size": 64,
-        "training/batch_size": 16, "training/tokens": 16 * 64 * 60, "logging/validation_interval": 30,
+        "training/batch_size": 16, "training/tokens": 16 * 64 * 40, "logging/validation_interval": 20,
         "logging/validation_batches": 4, "logging/progress_bar": False, "logging/plot": False, "topology/devices": 1,
     }
     fields, values = runs.configure("gpt/train/pretrain", overrides, require=True)

@@ -152,8 +152,8 @@ def test_tokenize_then_train_on_the_shards_and_the_loss_falls(bpe_folder, jsonl_
     overrides = {
         "data/source": str(shards), "data/tokenizer": str(bpe_folder),
         "architecture/vocab_size": 320, "architecture/n_layer": 1, "architecture/n_embd": 64, "architecture/n_head": 2,
-        "architecture/block_size": 64, "training/batch_size": 16, "training/tokens": 16 * 64 * 80,
-        "logging/validation_interval": 40, "logging/validation_batches": 4, "logging/progress_bar": False,
+        "architecture/block_size": 64, "training/batch_size": 16, "training/tokens": 16 * 64 * 50,
+        "logging/validation_interval": 25, "logging/validation_batches": 4, "logging/progress_bar": False,
         "logging/plot": False, "topology/devices": 1,
     }
     fields, values = runs.configure("gpt/train/pretrain", overrides, require=True)
