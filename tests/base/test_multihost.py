@@ -35,14 +35,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(config, out_dir, name, processes=2):
+def launch(config, out_dir, name, *overrides, processes=2):
     """`theseus run` as `processes` cooperating processes, 8 // processes devices each; their logs."""
     port = free_port()
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes}"}
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "theseus.cli", "run", name, str(config), str(out_dir),
-             f"topology.coordinator=127.0.0.1:{port}", f"topology.num_processes={processes}", f"topology.process_id={i}"],
+             f"topology.coordinator=127.0.0.1:{port}", f"topology.num_processes={processes}", f"topology.process_id={i}",
+             *overrides],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
         )
         for i in range(processes)
@@ -105,11 +106,12 @@ def test_two_processes_train_like_one_and_their_checkpoints_cross_topologies(tmp
     for a, b in zip(from_two.optimizer.variables, from_one.optimizer.variables):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=1e-4, atol=1e-6)
 
-    # 3. And the other way: a checkpoint written by one process resumes in two.
+    # 3. And the other way: a checkpoint written by one process resumes in two, here
+    # data parallel (a run may change its topology when it resumes).
     resumed = tmp_path / "runs" / "resumed"
     shutil.copytree(reference, resumed)
     shutil.rmtree(ckpt.step_dir(resumed / "checkpoints", 20))
-    launch(config, tmp_path / "runs", "resumed")
+    launch(config, tmp_path / "runs", "resumed", "topology.strategy=dp", "topology.shard=1")
     again = rows(resumed)
     assert [r["step"] for r in again] == [r["step"] for r in want]
     np.testing.assert_allclose([r["loss"] for r in again[11:]], [r["loss"] for r in want[11:]], rtol=1e-4, atol=0)
@@ -118,3 +120,19 @@ def test_two_processes_train_like_one_and_their_checkpoints_cross_topologies(tmp
 def test_one_process_feeds_the_whole_batch():
     assert multihost.process_count() == 1 and multihost.is_primary()
     assert multihost.local_rows(8) == slice(0, 8)
+
+
+def test_local_batches_are_the_given_rows_of_every_batch():
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, index):
+            x = np.arange(8 * 2).reshape(8, 2) + 100 * index
+            return x, -x
+
+    local = multihost.LocalBatches(Batches(), slice(4, 8))
+    assert len(local) == 3
+    x, y = local[2]
+    np.testing.assert_array_equal(x, np.arange(8, 16).reshape(4, 2) + 200)
+    np.testing.assert_array_equal(y, -x)
