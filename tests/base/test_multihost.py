@@ -14,6 +14,8 @@ import pytest
 
 from theseus.base import multihost
 from theseus.base import run as runs
+from theseus.base.mesh import Topology
+from theseus.config import ConfigError
 from theseus.experiments.gpt import PretrainGPT
 from theseus.training import checkpoint as ckpt
 
@@ -136,3 +138,20 @@ def test_local_batches_are_the_given_rows_of_every_batch():
     x, y = local[2]
     np.testing.assert_array_equal(x, np.arange(8, 16).reshape(4, 2) + 200)
     np.testing.assert_array_equal(y, -x)
+
+
+def test_joining_is_checked_and_must_come_before_jax_starts(monkeypatch):
+    monkeypatch.setenv("KERAS_DISTRIBUTION_JOB_ADDRESSES", "127.0.0.1:1234")  # as a launcher would set it
+    with pytest.raises(ConfigError, match=r"topology/coordinator=127.0.0.1:1234 needs topology/num_processes and "
+                       r"topology/process_id \(or KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID\)"):
+        multihost.initialize(Topology())
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "first")
+    with pytest.raises(ConfigError, match="environment variable KERAS_DISTRIBUTION_PROCESS_ID must be an integer, got 'first'"):
+        multihost.initialize(Topology())
+    with pytest.raises(ConfigError, match=r"topology/process_id=2 must be in \[0, 2\)"):
+        multihost.initialize(Topology(process_id=2))  # the config wins over the environment
+    keras.distribution.list_devices()  # this process has started JAX: too late to join
+    with pytest.raises(ConfigError, match=r"cannot join the multi-host job at 127.0.0.1:1234: jax.distributed.initialize\(\) "
+                       "must be called before any JAX calls"):
+        multihost.initialize(Topology(process_id=1))
