@@ -134,15 +134,16 @@ def measure_peak_flops(dtype: str = "float32", size: int = 2048, repeats: int = 
     return 2 * size**3 / fastest
 
 
-class LearningRate(StepCallback):
-    """Add `lr`, the learning rate of the step's update, to the logs (for the progress bar and rows)."""
+class LearningRate(keras.callbacks.Callback):
+    """Add `lr`, the learning rate of the step's update, to every batch's logs (for the
+    progress bar and the metrics rows); the micro-batches of a step share it."""
 
     def __init__(self, schedule: Callable[[int], Any], start_step: int = 0, micro_steps: int = 1):
-        super().__init__(start_step, micro_steps=micro_steps)
-        self.schedule = schedule
+        super().__init__()
+        self.schedule, self.start_step, self.micro_steps = schedule, start_step, micro_steps
 
     def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
-        if logs is not None:  # the same rate on every micro-batch of a step
+        if logs is not None:
             step = self.start_step + batch // self.micro_steps
             logs["lr"] = float(keras.ops.convert_to_numpy(self.schedule(step)))
 
