@@ -33,8 +33,9 @@ FAMILIES = tuple(CONFIGS)
 
 
 def hf_model(family: str, seed: int = 0, **overrides):
-    """A random `transformers` model of `family` in eval mode, every parameter perturbed
-    (norm scales around 1, biases non-zero) so that a misplaced tensor cannot go unseen."""
+    """A random `transformers` model of `family` (its `CONFIGS` entry with `overrides`) in
+    eval mode, every parameter perturbed (norm scales around 1, biases non-zero) so that a
+    misplaced tensor cannot go unseen."""
     import torch
     import transformers
 

@@ -82,6 +82,17 @@ def test_logits_match_transformers_with_and_without_padding(checkpoints, family)
     np.testing.assert_allclose(got[1, 4:], reference_logits(reference, ids[1:2, 4:])[0], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("family, settings", [("llama", dict(attention_bias=True, mlp_bias=True)),
+                                               ("qwen3", dict(attention_bias=True, tie_word_embeddings=True))])
+def test_optional_biases_match_transformers(family, settings, tmp_path):
+    reference = hf_model(family, **settings)
+    reference.save_pretrained(str(tmp_path / family))
+    ids, mask = token_batch()
+    model = HFCompat(id=str(tmp_path / family))
+    np.testing.assert_allclose(logits(model, ids, mask)[mask], reference_logits(reference, ids, mask)[mask], atol=1e-4, rtol=0)
+    assert model.architecture.out_bias and model.architecture.mlp_bias == (family == "llama")
+
+
 OTHER_BACKEND = textwrap.dedent(
     """
     import json, sys

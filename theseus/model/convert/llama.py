@@ -53,7 +53,9 @@ def from_hf(config: dict) -> dict:
     refuse(activation != "silu", f"{model_type} hidden_act {activation!r} is not supported (only silu)")
     n_head, width = need(config, "num_attention_heads"), need(config, "hidden_size")
     theta, scaling = rope(config)
-    attention_bias = bool(config.get("attention_bias", False))
+    # transformers reads `attention_bias` for Llama and Qwen3 only (Qwen2's q/k/v always
+    # have biases, Mistral's none) and `mlp_bias` for Llama only
+    attention_bias = model_type in ("llama", "qwen3") and bool(config.get("attention_bias", False))
     return dict(
         vocab_size=need(config, "vocab_size"),
         block_size=config.get("max_position_embeddings") or 2048,
@@ -67,9 +69,9 @@ def from_hf(config: dict) -> dict:
         rope_scaling=scaling,
         norm_eps=float(config.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-        qkv_bias=True if model_type == "qwen2" else attention_bias,
-        out_bias=False if model_type == "qwen2" else attention_bias,
-        mlp_bias=bool(config.get("mlp_bias", False)),
+        qkv_bias=model_type == "qwen2" or attention_bias,
+        out_bias=attention_bias,
+        mlp_bias=model_type == "llama" and bool(config.get("mlp_bias", False)),
         qk_norm=model_type == "qwen3",
         sliding_window=window(config),
     )
