@@ -121,10 +121,6 @@ class HFCheckpoint:
     def model_type(self) -> str:
         return self.family.model_type
 
-    @property
-    def has_weights(self) -> bool:
-        return bool(self.files)
-
     def tensors(self) -> list[HFTensor]:
         return self.family.tensors(self.kwargs)
 
@@ -175,9 +171,9 @@ class HFCheckpoint:
                     return header.dtype(key).name
         return None
 
-    def load(self, variables: dict[str, keras.Variable]) -> None:
-        """Stream every tensor into `variables` (theseus paths below the model), one at a time."""
-        plan = self.plan()
+    def load(self, plan: list[tuple[Path, str, HFTensor]], variables: dict[str, keras.Variable]) -> None:
+        """Stream the tensors of `plan` into `variables` (by theseus path below the model),
+        one at a time, file by file."""
         for path in self.files:
             with SafetensorsFile(path) as reader:
                 for file, key, tensor in plan:
@@ -287,7 +283,7 @@ class HFCompat(CausalLM):
             return
         load = self.pretrained and not in_stateless_scope()  # an abstract build allocates nothing
         if load:
-            self.checkpoint.plan()  # every tensor there with its shape, before anything is built
+            plan = self.checkpoint.plan()  # every tensor there with its shape, before anything is built
             with abstract_build():  # no random values to throw away: memory for the weights once
                 self.architecture.build((None, None))
         else:
@@ -306,7 +302,7 @@ class HFCompat(CausalLM):
         if unfilled:
             raise ConfigError(f"{self.family.model_type}: no checkpoint tensor fills {unfilled[:3]}")
         if load:
-            self.checkpoint.load(variables)
+            self.checkpoint.load(plan, variables)
         self.built = True
 
     def call(self, token_ids, padding_mask=None, training=False):
