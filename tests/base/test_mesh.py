@@ -104,6 +104,9 @@ def test_strategies_are_rules_added_to_the_models_own():
         ({"topology/strategy": "tp", "topology/shard": 2, "training/batch_size": 6},
          "training/batch_size=6 does not split over the 4 devices of the batch axis (topology: 8 devices, shard=2)"),
         ({"training/micro_batch_size": 2}, "training/micro_batch_size=2 does not split over the 8 devices of the batch axis"),
+        ({"topology/strategy": "tp", "topology/shard": 8, "architecture/n_embd_ff": 100},
+         "topology/strategy=tp, shard=8: weight gpt/block_0/mlp/up/kernel dimension 1 (n_embd_ff, size 100) "
+         "does not divide mesh axis shard of size 8"),
         ({"topology/num_processes": 2}, "topology/num_processes=2 needs topology/coordinator (host:port of process 0)"),
         ({"topology/coordinator": "127.0.0.1:1234", "topology/num_processes": 2},
          "topology/coordinator=127.0.0.1:1234 needs topology/num_processes and topology/process_id"),
@@ -211,7 +214,7 @@ def test_strict_topology_refuses_a_model_with_uncovered_weights():
         model.build((None, 16))
         return model
 
-    with pytest.raises(ShardingError, match=r"4 weights are covered by no sharding rule.*gpt/block_0/attn/key/kernel"):
+    with pytest.raises(ConfigError, match=r"topology/strategy=tp, shard=2: 4 weights are covered by no sharding rule.*gpt/block_0/attn/key/kernel"):
         Topology(strategy="tp", shard=2, strict=True).distribution(build)
     distribution = Topology(strategy="tp", shard=2).distribution(build)  # not strict: replicated
     assert tuple(distribution.get_tensor_layout("gpt/block_0/attn/key/kernel").axes) == (None, None)

@@ -107,11 +107,14 @@ class Topology:
         return keras.distribution.DeviceMesh((count // self.shard, self.shard), MESH_AXES, available[:count])
 
     def validate(
-        self, batch_size: Optional[int] = None, batch_key: str = "training/batch_size"
+        self,
+        batch_size: Optional[int] = None,
+        batch_key: str = "training/batch_size",
+        build_model: Optional[Callable[[], Module]] = None,
     ) -> Optional[keras.distribution.DeviceMesh]:
         """Join the multi-host job, if the topology describes one, and check the topology
-        against the devices and the global `batch_size` (the config key `batch_key`, for
-        the message); the mesh, or None off JAX.
+        against the devices, the global `batch_size` (the config key `batch_key`, for the
+        message) and, given `build_model`, the model's weights; the mesh, or None off JAX.
 
         Run it before anything is written: every problem is a ConfigError.
         """
@@ -126,15 +129,31 @@ class Topology:
                 f"(topology: {mesh.devices.size} devices, shard={self.shard}); use a multiple of {batch_devices} "
                 "or set topology/devices"
             )
+        if build_model is not None:
+            self.layout_map(build_model, mesh)
         return mesh
+
+    def layout_map(
+        self, build_model: Callable[[], Module], mesh: keras.distribution.DeviceMesh
+    ) -> Optional[keras.distribution.LayoutMap]:
+        """Where the strategy puts each weight of the model `build_model()` makes (built
+        abstractly: no memory); None under `dp`, which replicates every weight."""
+        if self.strategy is Strategy.DP:
+            return None
+        with abstract_build():
+            model = build_model()
+        try:
+            return model.layout_map(mesh, self.rules(model.sharding), strict=self.strict)
+        except ShardingError as error:  # a weight the topology cannot split: the config's problem
+            raise ConfigError(f"topology/strategy={self.strategy}, shard={self.shard}: {error}") from None
 
     def distribution(
         self, build_model: Callable[[], Module], batch_size: Optional[int] = None
     ) -> Optional[keras.distribution.Distribution]:
         """The Keras distribution to build and train under; None for plain one-device training.
 
-        For a sharding strategy `build_model()` is called once inside `abstract_build()`
-        (no memory) to learn the model's variables; build it again under the scope.
+        For a sharding strategy `build_model()` is called inside `abstract_build()` to learn
+        the model's weights; build the model again, for real, under the distribution's scope.
         """
         mesh = self.validate(batch_size)
         if mesh is None or (self.strategy is Strategy.DP and mesh.devices.size == 1):
@@ -142,12 +161,9 @@ class Topology:
         if self.strategy is Strategy.DP:
             flat = keras.distribution.DeviceMesh(mesh.devices.shape[:1], (Axis.BATCH.value,), mesh.devices.flatten())
             return keras.distribution.DataParallel(device_mesh=flat, auto_shard_dataset=False)
-        with abstract_build():
-            model = build_model()
-        layout_map = model.layout_map(mesh, self.rules(model.sharding), strict=self.strict)
         # theseus feeds each process its own rows (`multihost.local_batches`): no auto-sharding.
         return keras.distribution.ModelParallel(
-            layout_map=layout_map, batch_dim_name=Axis.BATCH.value, auto_shard_dataset=False
+            layout_map=self.layout_map(build_model, mesh), batch_dim_name=Axis.BATCH.value, auto_shard_dataset=False
         )
 
     def _sharding_backend(self) -> bool:

@@ -188,7 +188,8 @@ class BaseTrainer(Generic[M]):
             raise ConfigError("logging/tensorboard: true needs the tensorboard package (pip install tensorboard)")
         self.topology = build(Topology, values)
         batch_key = "training/micro_batch_size" if self.micro_steps > 1 else "training/batch_size"
-        self.topology.validate(micro_batch_size, batch_key)  # joins a multi-host job; before anything is written
+        # joins a multi-host job, checks devices, batch and layout: before anything is written
+        self.topology.validate(micro_batch_size, batch_key, self.build_model)
         self.evaluations = evaluations(cfg.evaluations)  # a bad task file fails here too
 
     # ------------------------------------------------------------------ parts
