@@ -30,7 +30,7 @@ import numpy as np
 from theseus.config import ConfigError, write_atomic
 from theseus.data.shards import METADATA, PROGRESS, SPLITS, ShardWriter, TokenShards, write_metadata
 from theseus.data.sources import Source
-from theseus.data.tokenizers import join_documents
+from theseus.data.tokenizers import ByteTokenizer, join_documents
 
 CHUNK_CHARS = 1 << 20  # text per task handed to a worker: large enough to amortise the hand-over
 
@@ -143,7 +143,8 @@ def tokenize_to_shards(
         folder: the shard folder (created; a partial one from a killed job is resumed).
         validation_fraction: the share of documents held out for validation.
         shard_tokens: a train shard is closed once it holds this many tokens.
-        workers: encoding processes; 0 = one per core, 1 = encode in this process.
+        workers: encoding processes; 1 = encode in this process; 0 = one per core (the byte
+            tokenizer: this process).
         progress: show a progress bar with tokens per second.
     """
     folder = Path(folder)
@@ -181,7 +182,8 @@ def tokenize_to_shards(
 
     folder.mkdir(parents=True, exist_ok=True)
     commit()  # a folder with progress.json is a shard folder, even before its first shard
-    workers = workers or os.cpu_count() or 1
+    if not workers:  # bytes cost less to encode than to hand to another process
+        workers = 1 if isinstance(tokenizer, ByteTokenizer) else os.cpu_count() or 1
     already = sum(state.splits[s]["tokens"] for s in SPLITS)
     documents = itertools.islice(source.documents(), state.documents, None)
     chars = min(CHUNK_CHARS, shard_tokens)  # a shard closes between chunks: keep it near shard_tokens

@@ -25,7 +25,7 @@ class TokenizeConfig(SourceConfig):
     """A source, a tokenizer, and how to cut the result into shards."""
 
     shard_tokens: int = field("tokenize/shard_tokens", default=100_000_000, help="a train shard is closed (and the job can resume from there) at this many tokens")
-    workers: int = field("tokenize/workers", default=0, help="encoding processes; 0 = one per core, 1 = in this process")
+    workers: int = field("tokenize/workers", default=0, help="encoding processes; 1 = in this process; 0 = one per core (byte tokenizer: this process)")
     progress_bar: bool = field("logging/progress_bar", default=True, help="show a progress bar with tokens per second")
 
 
