@@ -248,7 +248,8 @@ def test_twenty_steps_under_each_strategy_match_one_device(name, one_device_loss
 def test_other_backends_refuse_sharding_in_one_line(backend, theseus_cli, tmp_path):
     """(The default topology, one device there, is trained on by tests/backends.)"""
     config = tmp_path / "gpt.yaml"
-    theseus_cli("configure", "gpt/train/pretrain", config, *[f"{k}={v}" for k, v in TINY.items()], check=True)
+    fields, defaults = runs.configure("gpt/train/pretrain", TINY)
+    config.write_text(runs.config_text("gpt/train/pretrain", fields, defaults))
     refused = theseus_cli(
         "run", "tp", config, tmp_path / "runs", "topology.strategy=tp", "topology.shard=2", env={"KERAS_BACKEND": backend}
     )
