@@ -38,10 +38,10 @@ def free_port() -> int:
 
 
 def launch(config, out_dir, name, *overrides, processes=2):
-    """`theseus run` as `processes` cooperating processes, 8 // processes devices each; their logs."""
+    """Start `theseus run` as `processes` cooperating processes, 8 // processes devices each."""
     port = free_port()
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes}"}
-    procs = [
+    return [
         subprocess.Popen(
             [sys.executable, "-m", "theseus.cli", "run", name, str(config), str(out_dir),
              f"topology.coordinator=127.0.0.1:{port}", f"topology.num_processes={processes}", f"topology.process_id={i}",
@@ -50,15 +50,18 @@ def launch(config, out_dir, name, *overrides, processes=2):
         )
         for i in range(processes)
     ]
+
+
+def finish(procs) -> None:
+    """Wait for a launched job; every process must succeed."""
     try:
-        logs = [p.communicate(timeout=420)[0] for p in procs]
+        logs = [p.communicate(timeout=600)[0] for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-6000:]
-    return logs
 
 
 def rows(run_dir):
@@ -86,8 +89,17 @@ def test_two_processes_train_like_one_and_their_checkpoints_cross_topologies(tmp
     PretrainGPT(values, reference).run()
     want = rows(reference)
 
+    # Two jobs of two processes each, side by side: (1) from scratch; (3) resuming the
+    # one-process run's step-10 checkpoint, data parallel (a run may change its topology).
+    resumed = tmp_path / "runs" / "resumed"
+    shutil.copytree(reference, resumed)
+    shutil.rmtree(ckpt.step_dir(resumed / "checkpoints", 20))
+    jobs = [launch(config, tmp_path / "runs", "two"),
+            launch(config, tmp_path / "runs", "resumed", "topology.strategy=dp", "topology.shard=1")]
+    for job in jobs:
+        finish(job)
+
     # 1. From scratch in two processes: the losses of one, and process 0 alone writes.
-    launch(config, tmp_path / "runs", "two")
     two = tmp_path / "runs" / "two"
     got = rows(two)
     assert [r["step"] for r in got] == [r["step"] for r in want] == [0] + list(range(1, 21))  # each row once
@@ -108,12 +120,7 @@ def test_two_processes_train_like_one_and_their_checkpoints_cross_topologies(tmp
     for a, b in zip(from_two.optimizer.variables, from_one.optimizer.variables):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=1e-4, atol=1e-6)
 
-    # 3. And the other way: a checkpoint written by one process resumes in two, here
-    # data parallel (a run may change its topology when it resumes).
-    resumed = tmp_path / "runs" / "resumed"
-    shutil.copytree(reference, resumed)
-    shutil.rmtree(ckpt.step_dir(resumed / "checkpoints", 20))
-    launch(config, tmp_path / "runs", "resumed", "topology.strategy=dp", "topology.shard=1")
+    # 3. And the other way: a checkpoint written by one process resumes in two.
     again = rows(resumed)
     assert [r["step"] for r in again] == [r["step"] for r in want]
     np.testing.assert_allclose([r["loss"] for r in again[11:]], [r["loss"] for r in want[11:]], rtol=1e-4, atol=0)
