@@ -245,3 +245,12 @@ def tensor_value(event):
     from tensorboard.util.tensor_util import make_ndarray
 
     return make_ndarray(event.tensor_proto)
+
+
+@pytest.mark.slow
+def test_mfu_is_measured_against_every_device_of_the_mesh(tmp_path):
+    job, _ = train(tmp_path / "run", **{"topology/devices": 2, "training/tokens": 4 * 32 * 4})
+    train_rows = [r for r in rows(tmp_path / "run") if "loss" in r]
+    assert len(train_rows) == 2
+    for row in train_rows:  # the batch is split over 2 devices, each with a peak of 1e12 FLOP/s
+        assert row["mfu"] == pytest.approx(row["tokens_per_sec"] * job.flops_per_token(job.model) / 2e12)

@@ -140,7 +140,7 @@ class BaseTrainerConfig(DataConfig):
     checkpoint_interval: int = field("logging/checkpoint_interval", default=200, help="steps between checkpoints")
     keep_checkpoints: int = field("logging/keep_checkpoints", default=3, help="recent checkpoints kept; 0 = all")
     progress_bar: bool = field("logging/progress_bar", default=True, help="show Keras's progress bar")
-    peak_flops: float = field("logging/peak_flops", default=0.0, help="peak FLOP/s of the devices, for MFU; 0 = measure a matmul at start")
+    peak_flops: float = field("logging/peak_flops", default=0.0, help="peak FLOP/s of one device, for MFU (times the devices in the mesh); 0 = measure a matmul at start")
     plot: bool = field("logging/plot", default=True, help="draw metrics.png (loss, val loss and lr against tokens) at the end")
     tensorboard: bool = field("logging/tensorboard", default=False, help="also write the metrics rows as TensorBoard scalars (run_dir/tensorboard; needs the tensorboard package)")
     evaluations: list[str] = field("logging/evaluations", default_factory=list, help="run every validation_interval steps into evaluations.jsonl, e.g. [perplexity, 'multiple_choice:FILE.jsonl'] (theseus.evaluation.tasks)")
@@ -291,7 +291,9 @@ class BaseTrainer(Generic[M]):
         """
         cfg = self.config
         steps = dict(start_step=start_step, total_steps=self.total_steps, micro_steps=self.micro_steps)
-        peak = cfg.peak_flops or measure_peak_flops("bfloat16" if cfg.precision == "bfloat16" else "float32")
+        distribution = keras.distribution.distribution()  # the one `run` entered, if any
+        devices = distribution.device_mesh.devices.size if distribution is not None else 1
+        peak = devices * (cfg.peak_flops or measure_peak_flops("bfloat16" if cfg.precision == "bfloat16" else "float32"))
         callbacks: list[keras.callbacks.Callback] = [
             StopOnNonFinite(start_step, self.micro_steps),
             Throughput(self.tokens_per_step // self.micro_steps, cfg.log_interval * self.micro_steps,
