@@ -116,9 +116,12 @@ def test_the_tutorial_end_to_end_through_the_cli(tmp_path, theseus_cli):
     # step 5
     jobs = cli("jobs", check=True).stdout.splitlines()
     assert [line.split()[0] for line in jobs if "my_model" in line] == ["my_model/eval/evaluate", "my_model/train/pretrain"]
-    where = subprocess.run([sys.executable, "-c", "import theseus; print(theseus.__file__)"], cwd=work,
-                           env={**os.environ, **env}, capture_output=True, text=True, check=True)
-    assert where.stdout.strip() == str(package / "__init__.py")  # the edited copy is what runs
+    # the edited copy is what runs, and its new module may be imported first, as a script would
+    where = subprocess.run(
+        [sys.executable, "-c", "from theseus.model.huggingface import HFCompat; import theseus; print(theseus.__file__)"],
+        cwd=work, env={**os.environ, **env}, capture_output=True, text=True,
+    )
+    assert where.stdout.strip() == str(package / "__init__.py"), where.stderr[-2000:]
     cli("configure", "my_model/train/pretrain", "my_model.yaml", check=True)
     config = (work / "my_model.yaml").read_text()
     assert re.search(r"^architecture:\n(  .*\n)*  huggingface:\n    model: \?\?\?", config, flags=re.M), config
