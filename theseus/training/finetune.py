@@ -94,11 +94,12 @@ class Finetuner(BaseTrainer[M]):
         return [*super().components(), FinetuneConfig, ChatDataConfig, lora.LoraConfig]
 
     def __init__(self, values: dict[str, Any], run_dir: Optional[Path] = None) -> None:
-        super().__init__(values, run_dir)
+        # before the base class's checks, which may build the model (a sharded topology's layout)
         self.finetune = build(FinetuneConfig, values)
         self.chat = build(ChatDataConfig, values)
         self.lora = build(lora.LoraConfig, values)
         self.init_checkpoint = run_checkpoint(self.finetune.init_from) if self.finetune.init_from else None
+        super().__init__(values, run_dir)
         self.base = self.base_reference()
 
     def base_reference(self) -> dict[str, Any]:
