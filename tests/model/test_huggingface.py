@@ -134,20 +134,6 @@ def test_logits_match_transformers_on_other_backends(checkpoints, backend):
         assert plain < 1e-4 and padded < 1e-4, (family, plain, padded)
 
 
-@pytest.mark.slow
-def test_greedy_generation_equals_transformers_generate(checkpoints):
-    """The key/value cache path (`theseus.generation`), sliding window and GQA included."""
-    from theseus.generation import Generator
-
-    prompts = [[5, 17, 250, 3, 99, 42, 7], [11, 12]]
-    out = Generator(HFCompat(id=str(checkpoints["mistral"])), pad_id=0)(prompts, 8, temperature=0.0)
-    reference = hf_model("mistral")
-    for prompt, tokens in zip(prompts, out.tokens):
-        with torch.no_grad():
-            want = reference.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
-        assert list(tokens) == want[0, len(prompt):].tolist()
-
-
 # ----------------------------------------------------------------------------- round trips
 
 
