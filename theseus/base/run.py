@@ -132,6 +132,6 @@ def launch(
         set_aside(run_dir)
     prepare_run_dir(run_dir, key, fields, values)
     result = job.run() or {}
-    print(f"run folder: {run_dir} (config.yaml, checkpoints/, metrics.jsonl)", flush=True)
+    print(f"run folder: {run_dir} (config.yaml, checkpoints/, metrics.jsonl and .csv, metrics.png)", flush=True)
     return result
 
