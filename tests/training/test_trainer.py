@@ -84,6 +84,24 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path, whole):
             assert rb[key] == pytest.approx(ra[key], rel=1e-6), (key, ra, rb)
 
 
+
+@pytest.mark.slow
+def test_a_corrupt_newest_checkpoint_is_skipped_with_a_warning(tmp_path, whole, caplog, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(whole[0], run_dir)
+    *_, previous, newest = ckpt.complete(run_dir / "checkpoints")
+    data = (newest.path / ckpt.MODEL_FILE).read_bytes()
+    (newest.path / ckpt.MODEL_FILE).write_bytes(data[: len(data) // 2])  # as a full disk would leave it
+
+    _, again = train(run_dir)
+    assert again["start_step"] == previous.step
+    assert f"skipping checkpoint: {newest.path}: {ckpt.MODEL_FILE} does not match its manifest" in caplog.text
+    assert f"resuming from {previous.path} (step {previous.step})" in capsys.readouterr().out
+    assert (run_dir / "checkpoints" / f"broken_{newest.path.name}").is_dir()  # set aside, not deleted
+    for a, b in zip(state_of(restored(whole[0], 12)), state_of(restored(run_dir, 12))):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert [r["step"] for r in rows(run_dir)] == [r["step"] for r in rows(whole[0])]
+
 @pytest.mark.slow
 def test_metrics_rows_hold_every_field(whole):
     run_dir, job, _ = whole
