@@ -11,8 +11,9 @@ on random tokens, trained with `model.fit` and theseus's AdamW:
   (d) as (c), the batch as 4 micro-batches of 4 (gradient accumulation);
   (e) as (c), in bfloat16 (`mixed_bfloat16`).
 Steady-state tokens/s over the steps after the first 5 (compile), all callbacks included,
-the median of `--repeats` rounds (each round runs every setup once, in turn); and the time
-one checkpoint save takes.
+the median of `--repeats` rounds (each round runs every setup once, in turn); the time
+(c)'s callbacks take per step, timed directly (other jobs on the machine move tokens/s far
+more than they move this); and the time one checkpoint save takes.
 """
 
 from __future__ import annotations
@@ -41,6 +42,33 @@ WARMUP = 5  # optimizer steps excluded from the timing (compile, first steps)
 BATCH, SEQ, VOCAB = 16, 256, 320
 
 
+class Timed(keras.callbacks.Callback):
+    """`inner`, with the time its batch-end hook takes recorded: a cost that other jobs
+    on the machine barely disturb, unlike tokens/s."""
+
+    def __init__(self, inner: keras.callbacks.Callback, spent: list):
+        super().__init__()
+        self.inner, self.spent = inner, spent
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.inner.set_model(model)
+
+    def on_train_begin(self, logs=None):
+        self.inner.on_train_begin(logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.inner.on_epoch_begin(epoch, logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.inner.on_train_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        start = time.perf_counter()
+        self.inner.on_train_batch_end(batch, logs)
+        self.spent.append(time.perf_counter() - start)
+
+
 class WallClock(keras.callbacks.Callback):
     """Wall time from the end of optimizer step WARMUP to the end of the last step,
     measured after every other callback (it is placed last)."""
@@ -56,7 +84,8 @@ class WallClock(keras.callbacks.Callback):
         self.end = time.perf_counter()
 
 
-def run(steps: int, norms: bool, callbacks: bool, micro_steps: int = 1, precision: str = "float32", save=None) -> float:
+def run(steps: int, norms: bool, callbacks: bool, micro_steps: int = 1, precision: str = "float32", save=None,
+        spent=None) -> float:
     keras.utils.set_random_seed(0)
     keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     model = GPT(vocab_size=VOCAB, block_size=SEQ, n_layer=4, n_head=4, n_embd=128)
@@ -76,9 +105,11 @@ def run(steps: int, norms: bool, callbacks: bool, micro_steps: int = 1, precisio
         extra = [
             StopOnNonFinite(0, micro_steps),
             Throughput(BATCH // micro_steps * SEQ, 10 * micro_steps),
-            LearningRate(schedule, 0, micro_steps),
+            LearningRate(schedule, 0, steps, micro_steps),
             MetricsLogger(os.path.join(folder, "metrics.jsonl"), 10, BATCH * SEQ, 0, steps, micro_steps),
         ]
+        if spent is not None:
+            extra = [Timed(callback, spent) for callback in extra]
     model.fit(tokens[:, :-1], tokens[:, 1:], batch_size=BATCH // micro_steps, epochs=1, shuffle=False, verbose=0,
               callbacks=[*extra, clock])
     if save is not None:
@@ -94,10 +125,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     saves: list[float] = []
+    spent: list[float] = []  # seconds in the callbacks' batch-end hooks, every hook of every batch
     setups = [
         ("(a) bare model.fit", dict(norms=False, callbacks=False)),
         ("(b) + gradient/update norms", dict(norms=True, callbacks=False)),
-        ("(c) + per-step callbacks", dict(norms=True, callbacks=True, save=saves)),
+        ("(c) + per-step callbacks", dict(norms=True, callbacks=True, save=saves, spent=spent)),
         ("(d) (c), 4 micro-batches", dict(norms=True, callbacks=True, micro_steps=4)),
         ("(e) (c), bfloat16", dict(norms=True, callbacks=True, precision="bfloat16")),
     ]
@@ -110,6 +142,8 @@ def main() -> None:
     print(f"{'setup':<32} {'tokens/s':>9} {'vs (a)':>7}")
     for name, rate in rates.items():
         print(f"{name:<32} {rate:>9,.0f} {rate / bare:>7.2f}")
+    batches = args.steps * args.repeats
+    print(f"(c)'s callbacks, per step: {1000 * sum(spent) / batches:.2f} ms on average")
     print(f"one checkpoint save (0.8M params + AdamW state): {1000 * statistics.median(saves):.0f} ms")
 
 

@@ -298,7 +298,7 @@ class BaseTrainer(Generic[M]):
             StopOnNonFinite(start_step, self.micro_steps),
             Throughput(self.tokens_per_step // self.micro_steps, cfg.log_interval * self.micro_steps,
                        self.flops_per_token(self.model), peak),
-            LearningRate(schedule, start_step, self.micro_steps),
+            LearningRate(schedule, start_step, self.total_steps, self.micro_steps),
             Validation(validation, cfg.validation_interval, **steps),
         ]
         if self.evaluations:
