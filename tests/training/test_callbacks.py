@@ -2,11 +2,13 @@ import json
 import os
 import signal
 
+import keras
 import numpy as np
 import pytest
 
 from theseus.training.callbacks import (
     COLUMNS,
+    LearningRate,
     NonFiniteLoss,
     Signals,
     StepCallback,
@@ -16,6 +18,7 @@ from theseus.training.callbacks import (
     read_rows,
     truncate_metrics,
 )
+from theseus.training.schedules import WSD
 
 
 def test_rows_go_to_jsonl_and_csv_and_a_torn_last_line_is_dropped(tmp_path):
@@ -50,6 +53,20 @@ def test_step_callbacks_count_optimizer_steps_from_the_resume_point():
     for batch in range(12):
         recorder.on_train_batch_end(batch, {})
     assert recorder.steps == [11, 12, 13]
+
+
+@pytest.mark.parametrize("schedule", [
+    WSD(peak_lr=1e-3, total_steps=20, warmup=3, decay=5),  # elementwise: evaluated once, on all steps
+    keras.optimizers.schedules.CosineDecay(1e-3, 20, warmup_target=2e-3, warmup_steps=3),  # one step at a time
+], ids=["wsd", "keras-cosine-with-warmup"])
+def test_the_learning_rate_of_each_step_goes_into_the_logs(schedule):
+    callback = LearningRate(schedule, start_step=8, total_steps=20, micro_steps=2)
+    callback.on_train_begin()
+    for batch in range(24):
+        logs = {}
+        callback.on_train_batch_end(batch, logs)
+        expected = float(keras.ops.convert_to_numpy(schedule(8 + batch // 2)))
+        assert logs["lr"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_a_non_finite_loss_names_its_optimizer_step():

@@ -138,23 +138,32 @@ class LearningRate(keras.callbacks.Callback):
     """Add `lr`, the learning rate of the step's update, to every batch's logs (for the
     progress bar and the metrics rows); the micro-batches of a step share it.
 
-    The schedule is evaluated once, on all the run's remaining steps together (schedules
-    are elementwise `keras.ops`): called step by step, its eager ops took about 2 ms a
-    batch on CPU, several percent of a small model's step on an accelerator.
+    The schedule is evaluated once, on all the run's remaining steps together: called step
+    by step, its eager ops took about 2 ms a batch on CPU, several percent of a small model's
+    step on an accelerator. theseus's schedules are elementwise; one that takes a single step
+    only (Keras's `CosineDecay` with warmup branches with `ops.cond`) is called once per step.
     """
 
     def __init__(self, schedule: Callable[[Any], Any], start_step: int, total_steps: int, micro_steps: int = 1):
         super().__init__()
         self.schedule, self.start_step, self.total_steps, self.micro_steps = schedule, start_step, total_steps, micro_steps
-        self.rates: list[float] = []
+        self.rates: dict[int, float] = {}
 
     def on_train_begin(self, logs: Optional[dict] = None) -> None:
-        steps = keras.ops.arange(self.start_step, self.total_steps)
-        self.rates = keras.ops.convert_to_numpy(self.schedule(steps)).astype(float).tolist()
+        steps = range(self.start_step, self.total_steps)
+        try:
+            rates = keras.ops.convert_to_numpy(self.schedule(keras.ops.arange(steps.start, steps.stop)))
+        except (TypeError, ValueError, RuntimeError):  # a schedule of one step at a time
+            return
+        if rates.shape == (len(steps),):
+            self.rates = dict(zip(steps, rates.astype(float).tolist()))
 
     def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
         if logs is not None:
-            logs["lr"] = self.rates[batch // self.micro_steps]
+            step = self.start_step + batch // self.micro_steps
+            if step not in self.rates:
+                self.rates[step] = float(keras.ops.convert_to_numpy(self.schedule(step)))
+            logs["lr"] = self.rates[step]
 
 
 def _reset_metrics_keeping(model: keras.Model, run: Callable[[], Any]) -> Any:
