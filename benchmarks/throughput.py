@@ -1,22 +1,28 @@
 """Training throughput, side by side in one process on the same machine.
 
-    python benchmarks/throughput.py [--repeats 3] [--steps 30] [--d-model 256]
+    python benchmarks/throughput.py [--model gpt|llama] [--repeats 3] [--steps 15] [--d-model 256]
 
-For one GPT configuration (6 layers, sequence 256, batch 16, vocabulary 8192, float32):
-  (a) theseus: `GPT` + theseus's AdamW/WSD, trained with `model.fit`;
+For one GPT (or Llama) configuration (6 layers, sequence 256, batch 16, vocabulary 8192):
+  (a) theseus: the model + theseus's AdamW (tracking gradient/update norms) + the trainer's
+      per-step callbacks, trained with `model.fit`, as `*/train/pretrain` runs it;
   (b) the floor: the same model's `stateless_call` in a hand-written `jax.jit` step with
-      optax AdamW (same betas, decay, global-norm clip) — no framework;
-  (c) keras-hub's `GPT2CausalLM` of the same size, built from a config, trained with `fit`.
+      optax AdamW (same betas, decay, global-norm clip) and optax's cross-entropy;
+  (c) keras-hub's `GPT2CausalLM` / `LlamaCausalLM` of the same size, built from a config
+      (no preset download), trained with `fit`;
+  before/after rows for theseus's optimisations (the same (a) with Keras's masked sparse
+  cross-entropy and 3-D projections, as theseus had them before), and (a) in bfloat16.
 Steady-state tokens/s (compile and the first steps excluded), the median of `--repeats`
-runs, the ratios (a)/(b) and (a)/(c), and model FLOPs utilisation against a peak measured
-in the same run by a large float32 matmul in JAX.
+interleaved rounds, the ratios (a)/(b) and (a)/(c), and model FLOPs utilisation against a
+peak measured in the same run by a large matmul in JAX (float32, and bfloat16 for bf16 rows).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
+import tempfile
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -28,9 +34,14 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from theseus.model.models import GPT  # noqa: E402
+from theseus.model.layers import dense  # noqa: E402
+from theseus.model.models import GPT, IGNORE_INDEX, Llama  # noqa: E402
+from theseus.model.models import gpt as gpt_module  # noqa: E402
+from theseus.model.models import llama as llama_module  # noqa: E402
+from theseus.training.callbacks import LearningRate, MetricsLogger, StopOnNonFinite, Throughput  # noqa: E402
+from theseus.training.norms import track_norms  # noqa: E402
 from theseus.training.optimizers import build_optimizer  # noqa: E402
-from theseus.training.schedules import Constant  # noqa: E402
+from theseus.training.schedules import WSD  # noqa: E402
 
 WARMUP_STEPS = 5  # compile + first steps, excluded from every timing
 
@@ -42,7 +53,8 @@ def batches(steps: int, batch: int, seq: int, vocab: int, seed: int = 0):
 
 
 class StepTimer(keras.callbacks.Callback):
-    """Wall time of each batch after the first `WARMUP_STEPS` (waits for the result)."""
+    """Wall time of each batch after the first `WARMUP_STEPS` (waits for the result); put
+    last, so the other callbacks' batch-end work is inside the time."""
 
     def __init__(self):
         super().__init__()
@@ -58,32 +70,63 @@ class StepTimer(keras.callbacks.Callback):
             self.times.append(time.perf_counter() - self._start)
 
 
-def gpt(args) -> GPT:
+def mlp_width(args) -> int:
+    """GPT's 4·d, or Llama's 8/3·d rounded up to a multiple of 64 (what `Llama` defaults to)."""
+    return 4 * args.d_model if args.model == "gpt" else -(-8 * args.d_model // 3 // 64) * 64
+
+
+def build_model(args, precision: str = "float32") -> keras.Model:
     keras.utils.set_random_seed(0)
-    model = GPT(
-        vocab_size=args.vocab, block_size=args.seq, n_layer=args.layers, n_head=args.d_model // 64,
-        n_embd=args.d_model, tie_embeddings=True,
-    )
+    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    heads = args.d_model // 64
+    if args.model == "gpt":
+        model = GPT(vocab_size=args.vocab, block_size=args.seq, n_layer=args.layers, n_head=heads,
+                    n_embd=args.d_model, tie_embeddings=True)
+    else:
+        model = Llama(vocab_size=args.vocab, block_size=args.seq, n_layer=args.layers, n_head=heads,
+                      n_kv_head=max(heads // 2, 1), n_embd=args.d_model, n_embd_ff=mlp_width(args))
     model.build((None, args.seq))
+    keras.config.set_dtype_policy("float32")
     return model
 
 
-def run_theseus(args, x, y) -> float:
-    model = gpt(args)
-    optimizer = build_optimizer("adamw", learning_rate=Constant(3e-4))
-    model.compile(optimizer=optimizer, jit_compile=True)
+@contextlib.contextmanager
+def before_optimisations():
+    """theseus as it was before this benchmark's optimisations, for the before/after rows:
+    projections as 3-D `ops.matmul` and Keras's masked sparse cross-entropy as the loss."""
+    modules = (dense, gpt_module, llama_module)
+    saved = [module.matmul for module in modules]
+    for module in modules:
+        module.matmul = keras.ops.matmul
+    try:
+        yield keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=IGNORE_INDEX)
+    finally:
+        for module, original in zip(modules, saved):
+            module.matmul = original
+
+
+def run_theseus(args, x, y, precision: str = "float32", before: bool = False) -> float:
+    model = build_model(args, precision)
+    steps, tokens_per_step = len(x), args.batch * args.seq
+    schedule = WSD(3e-4, steps)
     timer = StepTimer()
-    steps = len(x)
-    model.fit(
-        x.reshape(-1, args.seq), y.reshape(-1, args.seq), batch_size=args.batch,
-        epochs=1, shuffle=False, verbose=0, callbacks=[timer], steps_per_epoch=steps,
-    )
+    with before_optimisations() if before else contextlib.nullcontext("auto") as loss:
+        model.compile(optimizer=track_norms(build_optimizer("adamw", learning_rate=schedule)), loss=loss,
+                      jit_compile=True)
+        callbacks = [  # the trainer's per-step callbacks (validation and checkpoints are not per step)
+            StopOnNonFinite(0),
+            Throughput(tokens_per_step, 10),
+            LearningRate(schedule, 0, steps),
+            MetricsLogger(os.path.join(tempfile.mkdtemp(), "metrics.jsonl"), 10, tokens_per_step, 0, steps),
+            timer,
+        ]
+        model.fit(x.reshape(-1, args.seq), y.reshape(-1, args.seq), batch_size=args.batch, epochs=1,
+                  shuffle=False, verbose=0, callbacks=callbacks)
     return statistics.median(timer.times)
 
 
 def run_jax(args, x, y) -> float:
-    model = gpt(args)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model = build_model(args)
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
     tx = optax.chain(
@@ -94,7 +137,7 @@ def run_jax(args, x, y) -> float:
 
     def loss_of(params, xb, yb):
         logits, _ = model.stateless_call(params, non_trainable, xb)
-        return loss_fn(yb, logits)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
     @jax.jit
     def step(params, opt_state, xb, yb):
@@ -116,25 +159,31 @@ def run_keras_hub(args, x, y) -> float:
     import keras_hub
 
     keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=args.vocab, num_layers=args.layers, num_heads=args.d_model // 64,
-        hidden_dim=args.d_model, intermediate_dim=4 * args.d_model, dropout=0.0, max_sequence_length=args.seq,
-    )
-    model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
-    model.compile(optimizer=build_optimizer("adamw", learning_rate=Constant(3e-4)), jit_compile=True)
+    heads = args.d_model // 64
+    if args.model == "gpt":
+        backbone = keras_hub.models.GPT2Backbone(
+            vocabulary_size=args.vocab, num_layers=args.layers, num_heads=heads, hidden_dim=args.d_model,
+            intermediate_dim=mlp_width(args), dropout=0.0, max_sequence_length=args.seq,
+        )
+        model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    else:
+        backbone = keras_hub.models.LlamaBackbone(
+            vocabulary_size=args.vocab, num_layers=args.layers, num_query_heads=heads, hidden_dim=args.d_model,
+            intermediate_dim=mlp_width(args), num_key_value_heads=max(heads // 2, 1),
+        )
+        model = keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
+    model.compile(optimizer=build_optimizer("adamw", learning_rate=WSD(3e-4, len(x))), jit_compile=True)
     flat_x = x.reshape(-1, args.seq)
     inputs = {"token_ids": flat_x, "padding_mask": np.ones_like(flat_x, dtype=bool)}
     timer = StepTimer()
-    model.fit(
-        inputs, y.reshape(-1, args.seq), batch_size=args.batch, epochs=1, shuffle=False, verbose=0,
-        callbacks=[timer], steps_per_epoch=len(x),
-    )
+    model.fit(inputs, y.reshape(-1, args.seq), batch_size=args.batch, epochs=1, shuffle=False, verbose=0,
+              callbacks=[timer])
     return statistics.median(timer.times)
 
 
-def peak_flops(n: int = 2048, repeats: int = 10) -> float:
-    """Float32 matmul FLOP/s of this machine under JAX (the MFU denominator)."""
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+def peak_flops(dtype, n: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of an n x n matmul in `dtype` under JAX, the best of `repeats` (the MFU denominator)."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype)
     matmul = jax.jit(lambda a: a @ a)
     matmul(a).block_until_ready()
     times = []
@@ -145,15 +194,19 @@ def peak_flops(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / min(times)
 
 
-def model_flops_per_token(args, n_params: int) -> float:
-    """6·N for the weights plus 12·L·T·d for attention scores and values (PaLM appendix B)."""
-    return 6 * n_params + 12 * args.layers * args.seq * args.d_model
+def model_flops_per_token(args, model: keras.Model) -> float:
+    """6·N for the weights that multiply (input embedding tables are lookups, unless tied to
+    the head) plus 12·L·T·d for attention scores and values (PaLM, appendix B)."""
+    lookups = [w for w in model.weights if "wpe" in w.path or ("wte" in w.path and not model.tie_embeddings)]
+    n = model.count_params() - sum(int(np.prod(w.shape)) for w in lookups)
+    return 6 * n + 12 * args.layers * args.seq * args.d_model
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["gpt", "llama"], default="gpt")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--seq", type=int, default=256)
@@ -161,29 +214,41 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8192)
     args = parser.parse_args()
 
+    hub_name = "GPT2CausalLM" if args.model == "gpt" else "LlamaCausalLM"
+    setups = {  # name: (precision, run)
+        "(a) theseus fit": ("float32", run_theseus),
+        "(b) jax.jit + optax": ("float32", run_jax),
+        f"(c) keras-hub {hub_name} fit": ("float32", run_keras_hub),
+        "(a) before: 3-D projections, Keras masked loss": ("float32", lambda *a: run_theseus(*a, before=True)),
+        "(a) theseus fit, mixed_bfloat16": ("bfloat16", lambda *a: run_theseus(*a, precision="bfloat16")),
+    }
     x, y = batches(args.steps, args.batch, args.seq, args.vocab)
-    setups = {"(a) theseus fit": run_theseus, "(b) jax.jit + optax": run_jax, "(c) keras-hub GPT2CausalLM fit": run_keras_hub}
     step_times: dict[str, list[float]] = {name: [] for name in setups}
     for _ in range(args.repeats):  # interleaved, so drift in machine load hits every setup alike
-        for name, run in setups.items():
+        for name, (_, run) in setups.items():
             step_times[name].append(run(args, x, y))
-    peak = peak_flops()
-    n_params = gpt(args).count_params()
+    peaks = {"float32": peak_flops(jnp.float32), "bfloat16": peak_flops(jnp.bfloat16)}
+    model = build_model(args)
+    flops_per_token = model_flops_per_token(args, model)
     tokens_per_step = args.batch * args.seq
-    flops_per_token = model_flops_per_token(args, n_params)
 
-    print(f"\nGPT {args.layers} layers, d_model {args.d_model}, seq {args.seq}, batch {args.batch}, "
-          f"vocab {args.vocab}: {n_params / 1e6:.2f}M parameters, float32, backend {keras.backend.backend()}")
-    print(f"measured peak (float32 matmul): {peak / 1e9:.1f} GFLOP/s; median of {args.repeats} runs, "
+    print(f"\n{type(model).__name__} {args.layers} layers, d_model {args.d_model}, seq {args.seq}, "
+          f"batch {args.batch}, vocab {args.vocab}: {model.count_params() / 1e6:.2f}M parameters, "
+          f"backend {keras.backend.backend()}")
+    print(f"measured peak (2048^2 matmul): float32 {peaks['float32'] / 1e9:.0f} GFLOP/s, bfloat16 "
+          f"{peaks['bfloat16'] / 1e9:.0f} GFLOP/s; median of {args.repeats} rounds, "
           f"{args.steps - WARMUP_STEPS} timed steps each\n")
-    print(f"| setup | step (ms) | tokens/s | MFU |\n|---|---|---|---|")
+    print("| setup | compute | step (ms) | tokens/s | MFU |\n|---|---|---|---|---|")
     tps = {}
     for name, times in step_times.items():
+        precision = setups[name][0]
         step = statistics.median(times)
         tps[name] = tokens_per_step / step
-        print(f"| {name} | {step * 1e3:.0f} | {tps[name]:,.0f} | {tps[name] * flops_per_token / peak:.1%} |")
-    a, b, c = tps.values()
-    print(f"\n(a)/(b) = {a / b:.3f}   (a)/(c) = {a / c:.3f}")
+        runs = ", ".join(f"{t * 1e3:.0f}" for t in times)
+        print(f"| {name} | {precision} | {step * 1e3:.0f} ({runs}) | {tps[name]:,.0f} | "
+              f"{tps[name] * flops_per_token / peaks[precision]:.1%} |")
+    a, b, c, before, _ = tps.values()
+    print(f"\n(a)/(b) = {a / b:.3f}   (a)/(c) = {a / c:.3f}   after/before = {a / before:.3f}")
 
 
 if __name__ == "__main__":

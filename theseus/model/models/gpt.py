@@ -18,6 +18,7 @@ from theseus.config import field
 from theseus.model.axes import Axes
 from theseus.model.layers import MLP, CausalSelfAttention, Embedding, LayerNorm, rotary_tables
 from theseus.model.layers.attention import cache_attention_mask, cache_positions
+from theseus.model.layers.dense import matmul
 from theseus.model.layers.rotary import inverse_frequencies
 from theseus.model.models.causal_lm import CausalLM
 from theseus.model.module import Module
@@ -169,7 +170,7 @@ class GPT(CausalLM):
 
     def _logits(self, x):
         x = self.ln_f(x)
-        logits = self.wte.attend(x) if self.tie_embeddings else ops.matmul(x, self.lm_head)
+        logits = self.wte.attend(x) if self.tie_embeddings else matmul(x, self.lm_head)
         return ops.cast(logits, "float32")  # (B, T, vocab): the loss wants float32
 
     def init_cache(self, batch_size: int, max_length: int):
