@@ -10,7 +10,8 @@ For one GPT (or Llama) configuration (6 layers, sequence 256, batch 16, vocabula
   (c) keras-hub's `GPT2CausalLM` / `LlamaCausalLM` of the same size, built from a config
       (no preset download), trained with `fit`;
   before/after rows for theseus's optimisations (the same (a) with Keras's masked sparse
-  cross-entropy and 3-D projections, as theseus had them before), and (a) in bfloat16.
+  cross-entropy, 3-D projections and `ops.dot_product_attention`, as theseus had them
+  before), and (a) in bfloat16.
 Steady-state tokens/s (compile and the first steps excluded), the median of `--repeats`
 interleaved rounds, the ratios (a)/(b) and (a)/(c), and model FLOPs utilisation against a
 peak measured in the same run by a large matmul in JAX (float32, and bfloat16 for bf16 rows).
@@ -34,7 +35,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from theseus.model.layers import dense  # noqa: E402
+from theseus.model.layers import attention, dense  # noqa: E402
 from theseus.model.models import GPT, IGNORE_INDEX, Llama  # noqa: E402
 from theseus.model.models import gpt as gpt_module  # noqa: E402
 from theseus.model.models import llama as llama_module  # noqa: E402
@@ -93,16 +94,18 @@ def build_model(args, precision: str = "float32") -> keras.Model:
 @contextlib.contextmanager
 def before_optimisations():
     """theseus as it was before this benchmark's optimisations, for the before/after rows:
-    projections as 3-D `ops.matmul` and Keras's masked sparse cross-entropy as the loss."""
-    modules = (dense, gpt_module, llama_module)
-    saved = [module.matmul for module in modules]
-    for module in modules:
-        module.matmul = keras.ops.matmul
+    projections as 3-D `ops.matmul`, attention always through `ops.dot_product_attention`,
+    and Keras's masked sparse cross-entropy as the loss."""
+    patches = [(module, "matmul", keras.ops.matmul) for module in (dense, gpt_module, llama_module)]
+    patches.append((attention, "fused_attention_available", lambda: True))
+    saved = [getattr(module, name) for module, name, _ in patches]
+    for module, name, value in patches:
+        setattr(module, name, value)
     try:
         yield keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=IGNORE_INDEX)
     finally:
-        for module, original in zip(modules, saved):
-            module.matmul = original
+        for (module, name, _), original in zip(patches, saved):
+            setattr(module, name, original)
 
 
 def run_theseus(args, x, y, precision: str = "float32", before: bool = False) -> float:
@@ -219,7 +222,7 @@ def main() -> None:
         "(a) theseus fit": ("float32", run_theseus),
         "(b) jax.jit + optax": ("float32", run_jax),
         f"(c) keras-hub {hub_name} fit": ("float32", run_keras_hub),
-        "(a) before: 3-D projections, Keras masked loss": ("float32", lambda *a: run_theseus(*a, before=True)),
+        "(a) before: 3-D projections, fused attention, Keras loss": ("float32", lambda *a: run_theseus(*a, before=True)),
         "(a) theseus fit, mixed_bfloat16": ("bfloat16", lambda *a: run_theseus(*a, precision="bfloat16")),
     }
     x, y = batches(args.steps, args.batch, args.seq, args.vocab)

@@ -16,7 +16,6 @@ says why on one line: a NaN loss exits 1, SIGTERM 143 and SIGINT 130 (after a ch
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -77,10 +76,18 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.backend:  # before anything imports Keras
-        os.environ["KERAS_BACKEND"] = args.backend
-    from theseus.config import ConfigError
+    from theseus.base import backend
+    from theseus.config import ConfigError, parse_overrides
 
+    try:
+        args.overrides = parse_overrides(getattr(args, "overrides", []))
+        run_config = {"run": getattr(args, "config", None)}.get(args.command)
+        if args.command in ("cooldown", "sweep-cooldowns"):  # a branch runs on its parent's backend
+            run_config = str(Path(args.run_dir) / "config.yaml")
+        backend.select(backend.chosen(args.backend, args.overrides, run_config))  # before Keras is imported
+    except ConfigError as error:
+        print(f"theseus: error: {error}", file=sys.stderr)
+        return 2
     from theseus.training.callbacks import TrainingStopped
 
     try:
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     from theseus.base import run as runs
-    from theseus.config import ConfigError, parse_overrides, write_atomic
+    from theseus.config import ConfigError, write_atomic
 
     if args.command == "jobs":
         registry = runs.jobs()
@@ -105,7 +112,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "configure":
         out = Path(args.out)
-        fields, values = runs.configure(args.job, parse_overrides(args.overrides))
+        fields, values = runs.configure(args.job, args.overrides)
         if out.exists() and not args.force:
             raise ConfigError(f"{out} exists; pass --force to overwrite it")
         write_atomic(out, runs.config_text(args.job, fields, values))
@@ -124,13 +131,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from theseus.training.cooldown import cooldown
 
         result = cooldown(args.run_dir, args.point, fraction=args.fraction, shape=args.shape, steps=args.steps,
-                          name=args.name, overrides=parse_overrides(args.overrides))
+                          name=args.name, overrides=args.overrides)
         print(f"branch folder: {result['run_dir']} (validation loss {result.get('val_loss', float('nan')):.4f})")
         return 0
     if args.command == "sweep-cooldowns":
         from theseus.training.cooldown import sweep
 
-        rows = sweep(args.run_dir, args.every, fraction=args.fraction, shape=args.shape, overrides=parse_overrides(args.overrides))
+        rows = sweep(args.run_dir, args.every, fraction=args.fraction, shape=args.shape, overrides=args.overrides)
         print((Path(args.run_dir) / "sweep.md").read_text(), end="")
         print(f"wrote {Path(args.run_dir) / 'sweep.csv'} and sweep.png ({len(rows)} branches)")
         return 0
@@ -139,7 +146,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(f"wrote {plot_run(args.run_dir)}")
         return 0
-    key, fields, values = runs.read_config(args.config, parse_overrides(args.overrides))
+    key, fields, values = runs.read_config(args.config, args.overrides)
     runs.launch(key, fields, values, args.outdir, args.name, fresh=args.fresh)
     return 0
 

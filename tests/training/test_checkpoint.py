@@ -1,3 +1,4 @@
+import json
 import re
 import shutil
 import sys
@@ -197,3 +198,14 @@ def test_a_jax_checkpoint_resumes_training_under(backend, jax_run, tmp_path):
     assert sorted(ours) == sorted(theirs)
     for key in ours:
         np.testing.assert_allclose(ours[key], theirs[key], atol=1e-5, rtol=0, err_msg=key)
+    # and the losses it logs after the switch are the JAX run's, within 1e-4
+    ours, theirs = logged_losses(run_dir, after_step=4), logged_losses(source, after_step=4)
+    assert ours.keys() == theirs.keys() and len(ours) >= 3, (ours, theirs)
+    for key in ours:
+        assert abs(ours[key] - theirs[key]) <= 1e-4, (key, ours[key], theirs[key])
+
+
+def logged_losses(run_dir, after_step):
+    """{(step, "loss" or "val_loss"): value} of the metrics rows after `after_step`."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {(r["step"], k): r[k] for r in rows if r["step"] > after_step for k in ("loss", "val_loss") if k in r}

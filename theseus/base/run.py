@@ -14,6 +14,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Mapping
 
+from theseus.base import backend
 from theseus.base.multihost import is_primary
 from theseus.config import ConfigError, Field, collect, dump_yaml, flatten, load_yaml, resolve, write_atomic
 
@@ -56,7 +57,8 @@ def summary(cls: type) -> str:
 
 
 def table(cls: type) -> dict[str, Field]:
-    return collect(cls.components())
+    """A job's config fields: its components', plus `topology/backend`, which every job has."""
+    return collect([*cls.components(), backend.Backend])
 
 
 def configure(key: str, overrides: Mapping[str, Any] | None = None, *, require: bool = False) -> tuple[dict[str, Field], dict[str, Any]]:
@@ -126,6 +128,7 @@ def launch(
     """Run job `key` in `out_dir/name`, resuming it if it exists (unless `fresh`: then the
     old folder is set aside and the run starts over); its result dict."""
     cls = job_class(key)
+    backend.Backend(values.get(backend.KEY))  # the config's backend is the one Keras runs
     run_dir = Path(out_dir) / name
     job = cls(dict(values), run_dir)  # constructing validates what the config alone cannot
     if fresh and run_dir.exists():

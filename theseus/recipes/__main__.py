@@ -12,7 +12,6 @@ Running the same command again resumes the run from its newest checkpoint.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import theseus  # noqa: F401  (sets the default Keras backend before Keras loads)
@@ -20,18 +19,22 @@ import theseus  # noqa: F401  (sets the default Keras backend before Keras loads
 
 def main(job: str, config: str | None = None, out: str = "runs", name: str | None = None,
          backend: str | None = None, fresh: bool = False, **overrides) -> None:
-    if backend is not None:
-        os.environ["KERAS_BACKEND"] = backend
-    from theseus.base import run as runs
+    from theseus.base import backend as backends
     from theseus.config import ConfigError, resolve
-    from theseus.training.callbacks import TrainingStopped
 
+    overrides = {k.replace(".", "/"): v for k, v in overrides.items()}
+    try:
+        backends.select(backends.chosen(backend, overrides, config))  # before Keras is imported
+        from theseus.base import run as runs
+        from theseus.training.callbacks import TrainingStopped
+    except ConfigError as error:
+        print(f"theseus: error: {error}", file=sys.stderr)
+        sys.exit(2)
     try:
         if config is not None:
             key, fields, values = runs.read_config(config, None, job=job)
         else:
             key, fields, values = job, runs.table(runs.job_class(job)), {}
-        overrides = {k.replace(".", "/"): v for k, v in overrides.items()}
         values = resolve(fields, values, _as_text(fields, overrides))
         runs.launch(key, fields, values, out, name or key.replace("/", "-"), fresh=fresh)
     except ConfigError as error:

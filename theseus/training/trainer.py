@@ -371,7 +371,7 @@ class BaseTrainer(Generic[M]):
                     callback.write({"step": 0, "tokens": 0, "val_loss": initial, "val_ppl": math.exp(initial)})
         print(
             f"training {model.count_params():,} parameters for {self.total_steps - start_step} steps "
-            f"({self.tokens_per_step} tokens each)",
+            f"({self.tokens_per_step} tokens each) on {keras.backend.backend()}",
             flush=True,
         )
         with Signals() as signals:

@@ -10,6 +10,8 @@ the positions and attention mask a family's `call_with_cache` needs during gener
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any, Optional
 
 import keras
@@ -23,7 +25,7 @@ from theseus.model.module import Module
 
 
 class CausalSelfAttention(Module):
-    """Multi-head causal self-attention through `keras.ops.dot_product_attention`.
+    """Multi-head causal self-attention (`attend`: `keras.ops.dot_product_attention` where it is fast).
 
     Args:
         n_head: query heads.
@@ -113,11 +115,7 @@ class CausalSelfAttention(Module):
             k_all, v_all = ops.repeat(k, groups, axis=2), ops.repeat(v, groups, axis=2)
         else:
             k_all, v_all = k, v
-        if attention_mask is None and cache is None:
-            y = ops.dot_product_attention(q, k_all, v_all, is_causal=True)  # (B, T, H, hd)
-        else:
-            mask = ops.expand_dims(attention_mask, axis=1)  # (B, 1, T, S): same for every head
-            y = ops.dot_product_attention(q, k_all, ops.cast(v_all, q.dtype), mask=mask)
+        y = attend(q, k_all, ops.cast(v_all, q.dtype), attention_mask)  # (B, T, H, hd)
         y = self.output_proj(ops.reshape(y, (batch, length, self.n_head * self.head_dim)))
         return (y, cache) if cache is not None else y
 
@@ -134,6 +132,46 @@ class CausalSelfAttention(Module):
             "init_std": self.init_std,
             "out_init_std": self.out_init_std,
         }
+
+
+@functools.cache
+def fused_attention_available() -> bool:
+    """Whether `keras.ops.dot_product_attention` is the fast way to attend here.
+
+    It is on accelerators (cuDNN flash attention on GPUs, Keras picks it by itself) and on
+    torch (`scaled_dot_product_attention`). On JAX's CPU backend its XLA path is slower than
+    the plain matmul-softmax-matmul below: 48 against 69 ms for a forward and backward pass
+    of one layer at batch 16, 4 heads of 64, 256 tokens (`benchmarks/README.md`).
+    """
+    if keras.backend.backend() != "jax":
+        return True
+    import jax
+
+    return jax.default_backend() != "cpu"
+
+
+def attend(q, k, v, mask=None, fused: Optional[bool] = None):
+    """`softmax(q kᵀ / sqrt(hd)) v` per head, for q (B, T, H, hd) and k, v (B, S, H, hd).
+
+    `mask` (B, T, S) is True where a query may attend a key; None means causal (T == S).
+    `fused` picks `keras.ops.dot_product_attention` (True) or the explicit form (False);
+    None picks whichever `fused_attention_available` says. Both give the same values.
+    """
+    if fused if fused is not None else fused_attention_available():
+        if mask is None:
+            return ops.dot_product_attention(q, k, v, is_causal=True)
+        return ops.dot_product_attention(q, k, v, mask=ops.expand_dims(mask, axis=1))
+    head_dim = ops.shape(q)[-1]
+    queries = ops.transpose(q * ops.cast(1.0 / math.sqrt(head_dim), q.dtype), (0, 2, 1, 3))  # (B, H, T, hd)
+    scores = ops.cast(ops.matmul(queries, ops.transpose(k, (0, 2, 3, 1))), "float32")  # (B, H, T, S)
+    if mask is None:
+        length = ops.shape(q)[1]
+        causal = ops.tril(ops.ones((length, length), "bool"))
+        scores = scores + ops.where(causal, 0.0, -1e30)  # a constant: XLA folds it
+    else:
+        scores = ops.where(ops.expand_dims(mask, axis=1), scores, -1e30)
+    probs = ops.cast(ops.softmax(scores, axis=-1), v.dtype)
+    return ops.transpose(ops.matmul(probs, ops.transpose(v, (0, 2, 1, 3))), (0, 2, 1, 3))  # (B, T, H, hd)
 
 
 def cache_positions(padding_mask):

@@ -1,0 +1,38 @@
+"""Choosing the Keras backend: from the command line and config, before Keras loads; a
+clear error when it is too late or the backend is missing. (The backends themselves
+run in tests/backends.)"""
+
+import keras
+import pytest
+
+from theseus.base import backend
+from theseus.base.run import configure, launch
+from theseus.config import ConfigError
+
+
+def test_flag_is_recorded_as_the_override_and_an_override_beats_the_config_file(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("job: gpt/train/pretrain\ntopology:\n  backend: tensorflow\n")
+    assert backend.chosen(None, {}, str(config)) == "tensorflow"
+    assert backend.chosen(None, {"topology/backend": "torch"}, str(config)) == "torch"
+    overrides = {}
+    assert backend.chosen("torch", overrides, str(config)) == "torch"
+    assert overrides == {"topology/backend": "torch"}  # so the run's config.yaml records it
+    assert backend.chosen(None, {}, None) is None
+
+
+def test_too_late_to_switch_is_a_clear_error(tmp_path):
+    other = "torch" if keras.backend.backend() != "torch" else "jax"
+    with pytest.raises(ConfigError, match=f"already imported with the {keras.backend.backend()} backend"):
+        backend.select(other)
+    backend.select(keras.backend.backend())  # the running backend is fine
+    _, values = configure("gpt/train/pretrain", {"topology/backend": other})
+    with pytest.raises(ConfigError, match="choose the backend before Keras is imported"):
+        launch("gpt/train/pretrain", {}, values, tmp_path, "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_backend_that_is_not_installed_is_named(monkeypatch):
+    monkeypatch.setitem(backend.BACKENDS, "torch", "theseus_no_such_package")
+    with pytest.raises(ConfigError, match=r"backend 'torch' is not installed here \(pip install theseus_no_such_package\)"):
+        backend.check("torch")
