@@ -15,6 +15,17 @@ import pytest  # noqa: E402
 from support import run_command  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+CROSS_BACKEND = ("model", "training", "evaluation", "data", "test_generation.py", "base/test_backend.py")
+"""Tests (folders and files under tests/) that are not about JAX alone: marked `backends`, they
+also run on TensorFlow and PyTorch (tests/backends runs them there; sharding tests skip)."""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if Path(item.path).relative_to(TESTS).as_posix().startswith(CROSS_BACKEND):
+            item.add_marker(pytest.mark.backends)
 
 
 @pytest.fixture

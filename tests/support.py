@@ -15,3 +15,11 @@ def run_command(args, cwd=None, env=None, timeout=600, check=False):
     if check and result.returncode != 0:
         raise AssertionError(f"{args} exited {result.returncode}\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}")
     return result
+
+
+def needs_jax(reason: str = "keras.distribution shards variables on JAX only"):
+    """Skip a test on the other backends (when the marked subset runs there) for `reason`."""
+    import keras
+    import pytest
+
+    return pytest.mark.skipif(keras.backend.backend() != "jax", reason=reason)

@@ -3,8 +3,10 @@ family, and the default job runs end to end on each backend. Other backends run 
 Keras picks its backend once per process."""
 
 import json
+import re
 import sys
 import textwrap
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -16,6 +18,7 @@ from support import run_command
 from theseus.model.models import GPT, Llama
 
 BACKENDS = ["tensorflow", "torch"]
+TESTS = Path(__file__).resolve().parents[1]
 SMALL = dict(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)
 FAMILIES = {  # every architecture the HF families map onto, on their distinctive options
     "gpt2": (GPT, {}),
@@ -117,8 +120,9 @@ history = model.fit(tokens[:, :-1], tokens[:, 1:], batch_size=8, epochs=30, verb
 hidden = model.blocks[0].mlp.up(keras.ops.ones((1, 32)))
 print(json.dumps({
     "backend": keras.backend.backend(), "losses": history.history["loss"],
-    "weights": sorted({str(w.dtype) for w in model.weights}), "compute": str(hidden.dtype),
-    "logits": str(model(tokens[:1, :-1]).dtype),
+    "weights": sorted({keras.backend.standardize_dtype(w.dtype) for w in model.weights}),
+    "compute": keras.backend.standardize_dtype(hidden.dtype),
+    "logits": keras.backend.standardize_dtype(model(tokens[:1, :-1]).dtype),
 }))
 """
 
@@ -134,3 +138,17 @@ def test_bfloat16_training_on_every_backend(backend):
     assert report["weights"] == ["float32"] and report["compute"] == "bfloat16" and report["logits"] == "float32"
     losses = report["losses"]
     assert np.all(np.isfinite(losses)) and losses[-1] < 0.3 * losses[0], losses
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_marked_subset_passes_on(backend):
+    """The tests marked `backends` (models, layers, the loss, schedules, optimizers, callbacks,
+    LoRA, generation, evaluators), run in-process on another backend: the whole suite runs
+    on JAX, this subset on TensorFlow and PyTorch too."""
+    result = run_command([sys.executable, "-m", "pytest", "-q", "-m", "backends and not slow", "-p", "no:cacheprovider",
+                          "-W", "ignore::DeprecationWarning", str(TESTS)], env={"KERAS_BACKEND": backend}, timeout=1200)
+    summary = result.stdout.strip().splitlines()[-1]
+    assert result.returncode == 0, result.stdout[-5000:]
+    passed = int(re.search(r"(\d+) passed", summary).group(1))
+    assert passed >= 250 and "failed" not in summary, summary

@@ -36,3 +36,11 @@ def test_a_backend_that_is_not_installed_is_named(monkeypatch):
     monkeypatch.setitem(backend.BACKENDS, "torch", "theseus_no_such_package")
     with pytest.raises(ConfigError, match=r"backend 'torch' is not installed here \(pip install theseus_no_such_package\)"):
         backend.check("torch")
+
+
+@pytest.mark.backends
+def test_keras_runs_the_backend_the_environment_names():
+    """Under the marked subset on another backend, the tests really run on it."""
+    import os
+
+    assert keras.backend.backend() == os.environ["KERAS_BACKEND"]

@@ -23,6 +23,7 @@ from theseus.model.axes import Axes
 from theseus.model.huggingface import HFCompat, LogicalAxes, save_hf
 from theseus.model.models import GPT, Llama
 from theseus.model.module import ShardingError
+from support import needs_jax
 
 LENGTH = 12
 TESTS = Path(__file__).resolve().parents[1]
@@ -118,7 +119,7 @@ OTHER_BACKEND = textwrap.dedent(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["torch"])  # tensorflow passes too; one other backend keeps the suite short
+@pytest.mark.parametrize("backend", ["torch", "tensorflow"])
 def test_logits_match_transformers_on_other_backends(checkpoints, backend):
     ids, mask = token_batch()
     script = OTHER_BACKEND.format(
@@ -285,6 +286,7 @@ def test_layout_on_eight_devices_follows_the_rules(checkpoints, family, tmp_path
         assert torch.equal(value, tensors(tmp_path / "out")[name]), name
 
 
+@needs_jax()
 def test_a_subclass_without_axes_replicates_and_strict_layouts_say_so(checkpoints):
     """The tutorial's `axes` returning None: no logical axes, so every weight is replicated."""
 
@@ -301,6 +303,7 @@ def test_a_subclass_without_axes_replicates_and_strict_layouts_say_so(checkpoint
         model.layout_map(mesh, strict=True)
 
 
+@needs_jax()
 def test_axes_of_a_subclass_shape_its_weights(checkpoints):
     class ShardEmbeddings(HFCompat):
         @classmethod

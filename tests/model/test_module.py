@@ -7,6 +7,7 @@ from theseus.config import field
 from theseus.model.axes import Axes
 from theseus.model.models import GPT
 from theseus.model.module import Module, ShardingError, abstract_build, resolve_layout
+from support import needs_jax
 
 MESH = {"batch": 2, "shard": 4}
 
@@ -50,6 +51,7 @@ def test_resolve_layout_follows_rules_in_order():
         resolve_layout((Axes.N_EMBD_FF,), (6,), rules, MESH, "w")
 
 
+@needs_jax()
 def test_layout_map_matches_gpt_rules():
     model = tiny_gpt()
     mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "shard"), keras.distribution.list_devices()[:8])
@@ -89,6 +91,7 @@ def test_sharded_build_places_every_weight_as_the_map_says():
     assert shard_shape == (32, 128 // 4)
 
 
+@needs_jax()
 def test_strict_layout_reports_weights_no_rule_covers():
     class Plain(Module):
         def build(self, input_shape):

@@ -77,7 +77,7 @@ def test_zero_or_none_clipnorm_turns_clipping_off(clip):
 
 def test_each_name_builds_its_optimizer():
     adam = build_optimizer("adam", learning_rate=1e-3, beta_2=0.99, epsilon=1e-6)
-    assert type(adam) is keras.optimizers.Adam and adam.weight_decay is None and (adam.beta_2, adam.epsilon) == (0.99, 1e-6)
+    assert isinstance(adam, keras.optimizers.Adam) and not isinstance(adam, keras.optimizers.AdamW) and adam.weight_decay is None and (adam.beta_2, adam.epsilon) == (0.99, 1e-6)
     sgd = build_optimizer("sgd", learning_rate=1e-3, beta_1=0.8, weight_decay=0.01)
     assert isinstance(sgd, keras.optimizers.SGD) and (sgd.momentum, sgd.weight_decay) == (0.8, 0.01)
     lion = build_optimizer("lion", learning_rate=1e-4, beta_2=0.98, gradient_accumulation_steps=4)

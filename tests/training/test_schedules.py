@@ -290,7 +290,7 @@ def test_schedule_drives_adamw():
     lrs = [reference("wsd", s, P, total, W=3, D=4, shape="linear", start=0.2) for s in range(total + 2)]
     for n in range(1, total + 2):
         # A zero gradient leaves only the decoupled weight decay: v *= 1 - lr * wd.
-        optimizer.apply_gradients([(np.zeros(3, "float32"), variable)])
+        optimizer.apply_gradients([(ops.zeros(3, "float32"), variable)])
         assert int(optimizer.iterations) == n
         lr = float(ops.convert_to_numpy(optimizer.learning_rate))
         np.testing.assert_allclose(lr, lrs[n], **tolerance(P))

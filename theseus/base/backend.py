@@ -53,12 +53,37 @@ def chosen(flag: Optional[str], overrides: dict[str, Any], config_path: Optional
 
 def select(name: Optional[str]) -> None:
     """Make `name` Keras's backend (None: keep `KERAS_BACKEND`, or jax); call before Keras loads."""
-    if name is None:
+    if name is not None:
+        if "keras" not in sys.modules:
+            _check_installed(name)
+            os.environ["KERAS_BACKEND"] = name
+        check(name)
+    if os.environ.get("KERAS_BACKEND") == "tensorflow":
+        _import_tensorflow_quietly()
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow and start its devices with file descriptor 2 closed off.
+
+    TensorFlow's C++ start-up writes INFO and ERROR lines (oneDNN, "Could not find cuda
+    drivers", a failed `cuInit` on a machine without a GPU) straight to stderr before absl
+    logging is set up; no environment variable silences them (TF_CPP_MIN_LOG_LEVEL does
+    not, in 2.21). A bad command line must still print one line, so they go to /dev/null.
+    Python's own errors are unaffected: an ImportError still surfaces after the restore.
+    """
+    if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
         return
-    if "keras" not in sys.modules:
-        _check_installed(name)
-        os.environ["KERAS_BACKEND"] = name
-    check(name)
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow
+
+        tensorflow.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def check(name: str) -> None:

@@ -128,7 +128,7 @@ def launch(
     """Run job `key` in `out_dir/name`, resuming it if it exists (unless `fresh`: then the
     old folder is set aside and the run starts over); its result dict."""
     cls = job_class(key)
-    backend.Backend(values.get(backend.KEY))  # the config's backend is the one Keras runs
+    backend.Backend(backend=values.get(backend.KEY))  # the config's backend is the one Keras runs
     run_dir = Path(out_dir) / name
     job = cls(dict(values), run_dir)  # constructing validates what the config alone cannot
     if fresh and run_dir.exists():

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from theseus.model.models.causal_lm import IGNORE_INDEX, CausalLMLoss
+from support import needs_jax
 
 
 @pytest.mark.parametrize("ignored", [0.0, 0.3, 1.0])
@@ -24,6 +25,7 @@ def test_loss_equals_keras_masked_sparse_crossentropy(ignored):
         np.testing.assert_allclose(got, by_hand, rtol=1e-5)
 
 
+@needs_jax("gradients are taken with jax.grad here")
 def test_loss_gradient_equals_keras():
     import jax
 
