@@ -72,6 +72,7 @@ def main() -> None:
         command = [
             sys.executable, "-m", "theseus.recipes", "gpt/train/pretrain", "--config", args.config, *size,
             f"--training.batch_size={args.batch}", f"--training.tokens={tokens}", f"--logging.peak_flops={peak}",
+            "--optimization.warmup=0.1",  # the recipe warms up for 700 steps; a short measurement needs less
             "--logging.validation_interval=1000000", "--logging.checkpoint_interval=1000000",
             "--logging.progress_bar=false", "--logging.plot=false", "--topology.devices=1", "--out", out, "--name", "run",
         ]

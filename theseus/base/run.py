@@ -135,6 +135,7 @@ def launch(
         set_aside(run_dir)
     prepare_run_dir(run_dir, key, fields, values)
     result = job.run() or {}
-    print(f"run folder: {run_dir} (config.yaml, checkpoints/, metrics.jsonl and .csv, metrics.png)", flush=True)
+    contents = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir())
+    print(f"run folder: {run_dir} ({', '.join(contents)})", flush=True)
     return result
 

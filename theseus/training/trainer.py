@@ -184,6 +184,11 @@ class BaseTrainer(Generic[M]):
                 f"training/micro_batch_size={cfg.micro_batch_size} must divide training/batch_size={cfg.batch_size}"
             )
         self.micro_steps = cfg.batch_size // micro_batch_size  # forward/backward passes per optimizer step
+        try:  # warmup and decay must fit in the run: a config error, found before anything is written
+            self.build_schedule()
+        except ValueError as error:
+            raise ConfigError(f"optimization/warmup and optimization/decay do not fit in this run's "
+                              f"{self.total_steps} steps: {error}") from None
         if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise ConfigError("logging/tensorboard: true needs the tensorboard package (pip install tensorboard)")
         self.topology = build(Topology, values)
