@@ -25,7 +25,7 @@ KEY = "topology/backend"
 
 @dataclasses.dataclass
 class Backend:
-    """The `topology/backend` key every model job has."""
+    """The `topology/backend` key, which every job has (`theseus.base.run.table` adds it)."""
 
     backend: Optional[str] = field(
         KEY, default=None, help="Keras backend: jax, tensorflow or torch; null = env KERAS_BACKEND, else jax"
