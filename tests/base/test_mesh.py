@@ -76,6 +76,7 @@ def test_topology_is_a_config_section_defaulting_to_data_parallel_on_every_devic
     assert {k: v for k, v in defaults.items() if k.startswith("topology/")} == {
         "topology/strategy": Strategy.DP, "topology/shard": 1, "topology/devices": 0, "topology/strict": False,
         "topology/coordinator": "", "topology/num_processes": None, "topology/process_id": None,
+        "topology/backend": None,
     }
     assert "strategy: dp  # dp, tp, fsdp or fsdp+tp" in runs.config_text("gpt/train/pretrain", fields, defaults)
     distribution = PretrainGPT(values()).distribution()
