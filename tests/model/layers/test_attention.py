@@ -1,10 +1,10 @@
 """`attend`: the explicit matmul-softmax-matmul and `keras.ops.dot_product_attention` agree."""
 
-import keras
 import numpy as np
 import pytest
 from keras import ops
 
+from support import needs_jax
 from theseus.model.layers.attention import attend, cache_attention_mask
 
 
@@ -43,9 +43,8 @@ def test_bfloat16_explicit_stays_close_to_float32():
     np.testing.assert_allclose(ops.convert_to_numpy(ops.cast(low, "float32")), reference, atol=0.1)
 
 
+@needs_jax("gradients are taken with jax.grad here")
 def test_gradients_agree():
-    if keras.backend.backend() != "jax":
-        pytest.skip("gradients are taken with jax.grad here")
     import jax
 
     q, k, v = inputs(seed=3)

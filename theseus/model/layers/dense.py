@@ -20,7 +20,7 @@ def matmul(x, kernel):
 
     The leading axes are flattened first: XLA's CPU backend runs the 2-D product and its
     gradient about twice as fast as the same `dot_general` with batch axes left in
-    (`benchmarks/README.md`, "Flattened projections"); elsewhere the reshapes are free.
+    (`benchmarks/README.md`, "Projections as one 2-D matmul"); elsewhere the reshapes are free.
     """
     width = ops.shape(x)[-1]
     y = ops.matmul(ops.reshape(x, (-1, width)), kernel)

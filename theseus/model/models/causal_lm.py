@@ -20,7 +20,7 @@ class CausalLMLoss(keras.losses.Loss):
     The same loss as `SparseCategoricalCrossentropy(from_logits=True, ignore_class=-100)`
     (tested equal), computed as `logsumexp(logits) - logits[target]`: Keras's version masks
     the full (B, T, vocab) logits and multiplies them by a one-hot of the targets, which
-    costs a third of a training step at vocabulary 8192 on CPU (`benchmarks/README.md`).
+    cost a sixth of a training step at vocabulary 8192 on CPU (`benchmarks/README.md`).
     """
 
     def __init__(self, name: str = "causal_lm_loss", **kwargs: Any) -> None:
