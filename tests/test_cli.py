@@ -67,7 +67,8 @@ BAD = [
     (("run", "dev", "{tmp}/required.yaml", "{tmp}/runs"), "config key 'architecture/n_embd' is required but not set (it is ???)"),
     (("run", "dev", "{tmp}/unknown.yaml", "{tmp}/runs"), "unknown config key 'architecture/n_embed' (did you mean 'architecture/n_embd'?)"),
     (("configure", "gpt/train/pretrain", "{tmp}/good.yaml"), "{tmp}/good.yaml exists; pass --force to overwrite it"),
-    (("run", "dev", "{tmp}/good.yaml", "{tmp}/runs", "optimization.warmup=700"), "optimization/warmup and optimization/decay do not fit in this run's 244 steps: Arguments `warmup` (700 steps) + `decay` (49 steps) must fit in total_steps=244. Received: warmup=700, decay=0.2, total_steps=244"),
+    (("run", "dev", "{tmp}/good.yaml", "{tmp}/runs", "optimization.warmup=700"), "optimization: Arguments `warmup` (700 steps) + `decay` (49 steps) must fit in total_steps=244. Received: warmup=700, decay=0.2, total_steps=244"),
+    (("run", "dev", "{tmp}/good.yaml", "{tmp}/runs", "optimization.schedule=wsdd"), "optimization: Unknown schedule 'wsdd'. Known schedules: ['constant', 'cosine', 'wsd', 'wsd-s']"),
     (("run", "dev", "{tmp}/good.yaml", "{tmp}/runs", "topology.backend=mxnet"), "config key 'topology/backend' must be one of ['jax', 'tensorflow', 'torch'], got 'mxnet'"),
     (("--backend", "torch", "run", "dev", "{tmp}/good.yaml", "{tmp}/runs", "topology.backend=jax"), "--backend torch contradicts the override topology/backend=jax"),
 ]

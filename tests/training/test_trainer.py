@@ -272,3 +272,17 @@ def test_mfu_is_measured_against_every_device_of_the_mesh(tmp_path):
     assert len(train_rows) == 2
     for row in train_rows:  # the batch is split over 2 devices, each with a peak of 1e12 FLOP/s
         assert row["mfu"] == pytest.approx(row["tokens_per_sec"] * job.flops_per_token(job.model) / 2e12)
+
+
+def test_the_schedule_and_its_cycles_come_from_the_config():
+    from theseus.training.schedules import WSD, WSDS
+
+    assert isinstance(job_for().build_schedule(), WSD)  # the trainer's own schedule() by default
+    job = job_for(**{"optimization/schedule": "wsd-s", "optimization/cycles": [6], "optimization/warmup": 0,
+                     "optimization/decay": 0.5, "optimization/lr": 1.0})
+    schedule = job.build_schedule()
+    assert isinstance(schedule, WSDS) and schedule.cycles == [6] and job.total_steps == 12
+    lrs = [float(keras.ops.convert_to_numpy(schedule(step))) for step in range(13)]
+    # two cycles of 6 steps: the peak for 3 steps, then 1-sqrt decay over the other 3, towards 0
+    decay = [1 - math.sqrt(k / 3) for k in range(3)]
+    np.testing.assert_allclose(lrs, [1, 1, 1, *decay, 1, 1, 1, *decay, 0], atol=1e-6)

@@ -123,6 +123,8 @@ class BaseTrainerConfig(DataConfig):
     micro_batch_size: Optional[int] = field("training/micro_batch_size", default=None, help="sequences per forward/backward pass (gradient accumulation); must divide batch_size; null = batch_size")
     precision: Literal["float32", "bfloat16"] = field("training/precision", default="float32", help="compute dtype; bfloat16 keeps float32 master weights and a float32 loss")
 
+    schedule: Optional[str] = field("optimization/schedule", default=None, help="wsd, wsd-s, cosine or constant (theseus.training.schedules.SCHEDULES); null = the trainer's schedule() (wsd)")
+    cycles: list[Union[int, float]] = field("optimization/cycles", default_factory=lambda: [0.5], help="wsd-s: where each cycle but the last ends, fractions of the run (< 1.0) or steps; each cycle decays over `decay` of its own length")
     lr: float = field("optimization/lr", default=2e-3, help="peak learning rate")
     warmup: Union[int, float] = field("optimization/warmup", default=0.05, help="warmup: fraction of steps (<= 1.0) or steps")
     decay: Union[int, float] = field("optimization/decay", default=0.2, help="WSD decay: fraction of steps (<= 1.0) or steps")
@@ -158,7 +160,8 @@ class BaseTrainer(Generic[M]):
 
     @classmethod
     def schedule(cls) -> Union[str, keras.optimizers.schedules.LearningRateSchedule]:
-        """A schedule name from `theseus.training.schedules.SCHEDULES`, or a schedule."""
+        """A schedule name from `theseus.training.schedules.SCHEDULES`, or a schedule; the
+        config key `optimization/schedule`, when set, wins over it."""
         return "wsd"
 
     @classmethod
@@ -184,11 +187,10 @@ class BaseTrainer(Generic[M]):
                 f"training/micro_batch_size={cfg.micro_batch_size} must divide training/batch_size={cfg.batch_size}"
             )
         self.micro_steps = cfg.batch_size // micro_batch_size  # forward/backward passes per optimizer step
-        try:  # warmup and decay must fit in the run: a config error, found before anything is written
+        try:  # a known schedule whose phases fit the run: a config error, found before anything is written
             self.build_schedule()
         except ValueError as error:
-            raise ConfigError(f"optimization/warmup and optimization/decay do not fit in this run's "
-                              f"{self.total_steps} steps: {error}") from None
+            raise ConfigError(f"optimization: {error}") from None
         if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise ConfigError("logging/tensorboard: true needs the tensorboard package (pip install tensorboard)")
         self.topology = build(Topology, values)
@@ -256,13 +258,14 @@ class BaseTrainer(Generic[M]):
     def build_schedule(self) -> keras.optimizers.schedules.LearningRateSchedule:
         cfg = self.config
         return build_schedule(
-            self.schedule(),
+            cfg.schedule or self.schedule(),
             peak_lr=cfg.lr,
             total_steps=self.total_steps,
             warmup=cfg.warmup,
             decay=cfg.decay,
             decay_shape=cfg.decay_shape,
             final_fraction=cfg.final_lr_fraction,
+            cycles=cfg.cycles,
         )
 
     def compile(self, model: M, schedule) -> None:
