@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args.overrides = parse_overrides(getattr(args, "overrides", []))
-        run_config = {"run": getattr(args, "config", None)}.get(args.command)
+        run_config = args.config if args.command == "run" else None
         if args.command in ("cooldown", "sweep-cooldowns"):  # a branch runs on its parent's backend
             run_config = str(Path(args.run_dir) / "config.yaml")
         backend.select(backend.chosen(args.backend, args.overrides, run_config))  # before Keras is imported

@@ -54,10 +54,8 @@ def chosen(flag: Optional[str], overrides: dict[str, Any], config_path: Optional
 def select(name: Optional[str]) -> None:
     """Make `name` Keras's backend (None: keep `KERAS_BACKEND`, or jax); call before Keras loads."""
     if name is not None:
-        if "keras" not in sys.modules:
-            _check_installed(name)
-            os.environ["KERAS_BACKEND"] = name
-        check(name)
+        check(name)  # a known, installed backend, and not too late to pick it
+        os.environ["KERAS_BACKEND"] = name
     if os.environ.get("KERAS_BACKEND") == "tensorflow":
         _import_tensorflow_quietly()
 
