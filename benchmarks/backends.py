@@ -36,9 +36,21 @@ def run_job(backend: str, jit: str, tokens: int, out: Path) -> tuple[float, floa
     """(median logged tokens/s, wall seconds) of one run of the default job."""
     name = f"{backend}-{jit}"
     command = [
-        sys.executable, "-m", "theseus.recipes", "gpt/train/pretrain", f"--topology.backend={backend}",
-        f"--training.jit_compile={jit}", f"--training.tokens={tokens}", "--logging.validation_interval=100000",
-        "--logging.progress_bar=false", "--logging.plot=false", "--fresh", "--out", str(out), "--name", name,
+        sys.executable,
+        "-m",
+        "theseus.recipes",
+        "gpt/train/pretrain",
+        f"--topology.backend={backend}",
+        f"--training.jit_compile={jit}",
+        f"--training.tokens={tokens}",
+        "--logging.validation_interval=100000",
+        "--logging.progress_bar=false",
+        "--logging.plot=false",
+        "--fresh",
+        "--out",
+        str(out),
+        "--name",
+        name,
     ]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
@@ -62,8 +74,10 @@ def main() -> None:
             for setting in SETTINGS:
                 measured[setting].append(run_job(setting[0], setting[1], args.tokens, Path(folder)))
     jax_rate = statistics.median(rate for rate, _ in measured[SETTINGS[0]])
-    print(f"\ndefault job, {args.tokens // 4096} steps of 4,096 tokens, median of {args.repeats} runs "
-          f"({os.cpu_count()} CPU cores)\n")
+    print(
+        f"\ndefault job, {args.tokens // 4096} steps of 4,096 tokens, median of {args.repeats} runs "
+        f"({os.cpu_count()} CPU cores)\n"
+    )
     print("| backend | training/jit_compile | what runs | tokens/s | vs JAX | whole job (s) |")
     print("|---|---|---|---|---|---|")
     for (backend, jit, what), runs in measured.items():

@@ -44,8 +44,9 @@ def train_bpe(folder: Path, texts: list[str]) -> Path:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=8192, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=8192, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tokenizer.train_from_iterator(texts, trainer)
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>").save_pretrained(str(folder))
     return folder
@@ -78,9 +79,14 @@ def tokenization(root: Path, copies: int) -> tuple[list[tuple], Path]:
         own_rate = tokens / seconds
         label = "byte" if name == "byte" else "BPE 8192"
         rows.append((label, "tokenizer's own batch encode (texts in memory)", own_rate, 1.0))
-        for workers, how in ((os.cpu_count(), f"data/tokenize job, {os.cpu_count()} worker processes"), (1, "data/tokenize job, in one process")):
+        for workers, how in (
+            (os.cpu_count(), f"data/tokenize job, {os.cpu_count()} worker processes"),
+            (1, "data/tokenize job, in one process"),
+        ):
             out = root / f"shards-{label.replace(' ', '')}-{workers}"
-            result, seconds = timed(lambda: tokenize_to_shards(Source(str(corpus)), tokenizer, out, workers=workers, progress=False))
+            result, seconds = timed(
+                lambda: tokenize_to_shards(Source(str(corpus)), tokenizer, out, workers=workers, progress=False)
+            )
             written = result["train_tokens"] + result["validation_tokens"]
             assert written == tokens, (written, tokens)
             rows.append((label, how, written / seconds, written / seconds / own_rate))
@@ -135,10 +141,14 @@ def loading(shards: Path, root: Path, steps: int, repeats: int) -> list[tuple]:
     rows = []
     for label, loader in (
         ("loader, one source, memory-mapped", TokenWindows(one, BLOCK, BATCH, 2000, seed=0, prefetch=0)),
-        ("loader, 70/30 mixture, memory-mapped", TokenWindows(mixed, BLOCK, BATCH, 2000, seed=0, weights=[0.7, 0.3], prefetch=0)),
+        (
+            "loader, 70/30 mixture, memory-mapped",
+            TokenWindows(mixed, BLOCK, BATCH, 2000, seed=0, weights=[0.7, 0.3], prefetch=0),
+        ),
     ):
         _, seconds = timed(lambda: [loader[i] for i in range(len(loader))])
         rows.append((label, len(loader) / seconds))
+
     class Waited(TokenWindows):
         """The loader, timing how long `fit` waits in `__getitem__` (after WARMUP steps)."""
 

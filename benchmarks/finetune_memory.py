@@ -39,14 +39,22 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for mode in ("full", "lora"):
-        out = subprocess.run([sys.executable, "-c", CHILD, mode, str(args.layers), str(args.width), str(args.steps)],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, mode, str(args.layers), str(args.width), str(args.steps)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"GPT {args.layers} layers, width {args.width}, vocab 8192, seq 256, batch 8, fp32, JAX CPU; LoRA rank 8 on attn+mlp")
+    print(
+        f"GPT {args.layers} layers, width {args.width}, vocab 8192, seq 256, batch 8, fp32, JAX CPU; LoRA rank 8 on attn+mlp"
+    )
     print("| mode | parameters | trainable | optimizer state (MB) | peak RSS (MB) |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['parameters']:,} | {r['trainable']:,} | {r['optimizer_mb']:.1f} | {r['peak_rss_mb']:.0f} |")
+        print(
+            f"| {r['mode']} | {r['parameters']:,} | {r['trainable']:,} | {r['optimizer_mb']:.1f} | {r['peak_rss_mb']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

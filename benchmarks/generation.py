@@ -36,8 +36,11 @@ BUCKET = 32
 def gpt(args) -> GPT:
     keras.utils.set_random_seed(0)
     model = GPT(
-        vocab_size=args.vocab, block_size=args.prompt + args.new, n_layer=args.layers,
-        n_head=args.d_model // 64, n_embd=args.d_model,
+        vocab_size=args.vocab,
+        block_size=args.prompt + args.new,
+        n_layer=args.layers,
+        n_head=args.d_model // 64,
+        n_embd=args.d_model,
     )
     model.build((None, args.prompt + args.new))
     return model
@@ -79,8 +82,10 @@ def main() -> None:
     model = gpt(args)
     generator = Generator(model)
     forward = compile_for_backend(model, lambda tokens: model(tokens))
-    print(f"backend {keras.config.backend()}, GPT {model.count_params() / 1e6:.1f}M parameters, "
-          f"prompt {args.prompt}, {args.new} new tokens, best of {args.repeats}")
+    print(
+        f"backend {keras.config.backend()}, GPT {model.count_params() / 1e6:.1f}M parameters, "
+        f"prompt {args.prompt}, {args.new} new tokens, best of {args.repeats}"
+    )
     print("| batch | cache (tok/s) | cache + top-k/top-p sampling (tok/s) | no cache (tok/s) | cache speed-up |")
     print("|---|---|---|---|---|")
     for batch in (int(b) for b in args.batches.split(",")):
@@ -90,8 +95,12 @@ def main() -> None:
         uncached = lambda: without_cache(model, forward, prompts, args.new)  # noqa: E731
         same = np.array_equal(np.asarray(greedy().tokens), uncached())
         rates = [batch * args.new / timed(run, args.repeats) for run in (greedy, sampled, uncached)]
-        print(f"| {batch} | {rates[0]:,.0f} | {rates[1]:,.0f} | {rates[2]:,.0f} | {rates[0] / rates[2]:.1f}x"
-              + ("" if same else " (tokens differ!)") + " |", flush=True)
+        print(
+            f"| {batch} | {rates[0]:,.0f} | {rates[1]:,.0f} | {rates[2]:,.0f} | {rates[0] / rates[2]:.1f}x"
+            + ("" if same else " (tokens differ!)")
+            + " |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

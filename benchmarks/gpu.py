@@ -34,8 +34,13 @@ RATED_PEAK = {  # dense bfloat16 FLOP/s from the vendors' data sheets, by device
     "TPU v5 lite": 197e12,
     "TPU v4": 275e12,
 }
-TINY = ["--architecture.n_layer=2", "--architecture.n_embd=64", "--architecture.n_head=2",
-        "--architecture.block_size=128", "--architecture.vocab_size=320"]
+TINY = [
+    "--architecture.n_layer=2",
+    "--architecture.n_embd=64",
+    "--architecture.n_head=2",
+    "--architecture.block_size=128",
+    "--architecture.vocab_size=320",
+]
 
 
 def device() -> tuple[str, float]:
@@ -70,11 +75,26 @@ def main() -> None:
     tokens = args.steps * args.batch * block_size
     with tempfile.TemporaryDirectory() as out:
         command = [
-            sys.executable, "-m", "theseus.recipes", "gpt/train/pretrain", "--config", args.config, *size,
-            f"--training.batch_size={args.batch}", f"--training.tokens={tokens}", f"--logging.peak_flops={peak}",
+            sys.executable,
+            "-m",
+            "theseus.recipes",
+            "gpt/train/pretrain",
+            "--config",
+            args.config,
+            *size,
+            f"--training.batch_size={args.batch}",
+            f"--training.tokens={tokens}",
+            f"--logging.peak_flops={peak}",
             "--optimization.warmup=0.1",  # the recipe warms up for 700 steps; a short measurement needs less
-            "--logging.validation_interval=1000000", "--logging.checkpoint_interval=1000000",
-            "--logging.progress_bar=false", "--logging.plot=false", "--topology.devices=1", "--out", out, "--name", "run",
+            "--logging.validation_interval=1000000",
+            "--logging.checkpoint_interval=1000000",
+            "--logging.progress_bar=false",
+            "--logging.plot=false",
+            "--topology.devices=1",
+            "--out",
+            out,
+            "--name",
+            "run",
         ]
         result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if result.returncode != 0:
@@ -84,8 +104,10 @@ def main() -> None:
     rate = statistics.median(r["tokens_per_sec"] for r in rows)
     mfu = statistics.median(r["mfu"] for r in rows)
     parameters = next(line for line in result.stdout.splitlines() if line.startswith("training "))
-    print(f"device: {name}; peak {'rated' if peak else 'measured (bfloat16 matmul)'}"
-          f"{f' {peak / 1e12:.0f} TFLOP/s' if peak else ''}")
+    print(
+        f"device: {name}; peak {'rated' if peak else 'measured (bfloat16 matmul)'}"
+        f"{f' {peak / 1e12:.0f} TFLOP/s' if peak else ''}"
+    )
     print(f"flash attention: {'yes' if flash_attention_used(block_size, heads, head_dim) else 'no'}")
     print(parameters)
     print(f"\n| metrics rows | tokens/s | MFU |\n|---|---|---|\n| {len(rows)} | {rate:,.0f} | {mfu:.1%} |")

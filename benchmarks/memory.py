@@ -73,7 +73,9 @@ def measured_step_buffers(model: keras.Model, optimizer: keras.optimizers.Optimi
 
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(trainable, optimizer_state, x, y).compile()
     stats = compiled.memory_analysis()
-    total = stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes
+    total = (
+        stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes
+    )
     return total, stats.temp_size_in_bytes
 
 
@@ -105,18 +107,24 @@ def main() -> None:
         **activation_estimate(args.batch, args.seq, width, heads, layers, vocab),
     }
     total = sum(estimate.values())
-    print(f"\nGPT {layers} layers, width {width}, vocabulary {vocab}: {n / 1e6:.1f}M parameters; "
-          f"batch {args.batch} x sequence {args.seq}, float32, backend {keras.backend.backend()}\n")
+    print(
+        f"\nGPT {layers} layers, width {width}, vocabulary {vocab}: {n / 1e6:.1f}M parameters; "
+        f"batch {args.batch} x sequence {args.seq}, float32, backend {keras.backend.backend()}\n"
+    )
     print("| part | estimate (MB) |\n|---|---|")
     for name, size in estimate.items():
         print(f"| {name} | {size / MB:,.0f} |")
     print(f"| **total** | **{total / MB:,.0f}** |\n")
     print("| measured | MB | / estimate |\n|---|---|---|")
-    print(f"| XLA: the compiled step's buffers (arguments + outputs + temporaries) | {xla_total / MB:,.0f} | "
-          f"{xla_total / total:.2f} |")
+    print(
+        f"| XLA: the compiled step's buffers (arguments + outputs + temporaries) | {xla_total / MB:,.0f} | "
+        f"{xla_total / total:.2f} |"
+    )
     print(f"| XLA: of which temporaries (activations, gradients, workspace) | {xla_temp / MB:,.0f} | |")
-    print(f"| process: peak resident memory above the runtime's own, `model.fit` | {measured_rss / MB:,.0f} | "
-          f"{measured_rss / total:.2f} |")
+    print(
+        f"| process: peak resident memory above the runtime's own, `model.fit` | {measured_rss / MB:,.0f} | "
+        f"{measured_rss / total:.2f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ def per_device_bytes(variables) -> int:
 
 def measure(strategy: str, shard: int, args) -> dict:
     def build() -> GPT:
-        model = GPT(vocab_size=320, block_size=args.seq, n_layer=args.layers, n_head=args.d_model // 64, n_embd=args.d_model)
+        model = GPT(
+            vocab_size=320, block_size=args.seq, n_layer=args.layers, n_head=args.d_model // 64, n_embd=args.d_model
+        )
         model.build((None, args.seq))
         return model
 
@@ -84,12 +86,18 @@ def main() -> None:
     args = parser.parse_args()
     rows = [measure(strategy, shard, args) for strategy, shard in STRATEGIES]
     mib = 1 / 2**20
-    print(f"GPT {args.layers} layers, width {args.d_model}, seq {args.seq}, batch {args.batch}: "
-          f"{rows[0]['whole'] * mib:.2f} MiB of parameters; {keras.distribution.list_devices()[0].split(':')[0]} x8")
-    print(f"{'strategy':<10} {'mesh':<6} {'step ms':>9} {'tokens/s':>9} {'params MiB/dev':>15} {'optimizer MiB/dev':>18} {'total MiB/dev':>14}")
+    print(
+        f"GPT {args.layers} layers, width {args.d_model}, seq {args.seq}, batch {args.batch}: "
+        f"{rows[0]['whole'] * mib:.2f} MiB of parameters; {keras.distribution.list_devices()[0].split(':')[0]} x8"
+    )
+    print(
+        f"{'strategy':<10} {'mesh':<6} {'step ms':>9} {'tokens/s':>9} {'params MiB/dev':>15} {'optimizer MiB/dev':>18} {'total MiB/dev':>14}"
+    )
     for r in rows:
-        print(f"{r['strategy']:<10} {r['mesh']:<6} {r['step_ms']:>9.1f} {r['tokens_per_sec']:>9.0f} "
-              f"{r['params'] * mib:>15.2f} {r['optimizer'] * mib:>18.2f} {(r['params'] + r['optimizer']) * mib:>14.2f}")
+        print(
+            f"{r['strategy']:<10} {r['mesh']:<6} {r['step_ms']:>9.1f} {r['tokens_per_sec']:>9.0f} "
+            f"{r['params'] * mib:>15.2f} {r['optimizer'] * mib:>18.2f} {(r['params'] + r['optimizer']) * mib:>14.2f}"
+        )
 
 
 if __name__ == "__main__":

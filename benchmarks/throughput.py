@@ -35,10 +35,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from theseus.data.targets import IGNORE_INDEX  # noqa: E402
 from theseus.model.layers import attention, dense  # noqa: E402
-from theseus.model.models import GPT, IGNORE_INDEX, Llama  # noqa: E402
-from theseus.model.models import gpt as gpt_module  # noqa: E402
-from theseus.model.models import llama as llama_module  # noqa: E402
+from theseus.model.models import GPT, Llama, causal_lm  # noqa: E402
 from theseus.training.callbacks import LearningRate, MetricsLogger, StopOnNonFinite, Throughput  # noqa: E402
 from theseus.training.norms import track_norms  # noqa: E402
 from theseus.training.optimizers import build_optimizer  # noqa: E402
@@ -81,11 +80,24 @@ def build_model(args, precision: str = "float32") -> keras.Model:
     keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     heads = args.d_model // 64
     if args.model == "gpt":
-        model = GPT(vocab_size=args.vocab, block_size=args.seq, n_layer=args.layers, n_head=heads,
-                    n_embd=args.d_model, tie_embeddings=True)
+        model = GPT(
+            vocab_size=args.vocab,
+            block_size=args.seq,
+            n_layer=args.layers,
+            n_head=heads,
+            n_embd=args.d_model,
+            tie_embeddings=True,
+        )
     else:
-        model = Llama(vocab_size=args.vocab, block_size=args.seq, n_layer=args.layers, n_head=heads,
-                      n_kv_head=max(heads // 2, 1), n_embd=args.d_model, n_embd_ff=mlp_width(args))
+        model = Llama(
+            vocab_size=args.vocab,
+            block_size=args.seq,
+            n_layer=args.layers,
+            n_head=heads,
+            n_kv_head=max(heads // 2, 1),
+            n_embd=args.d_model,
+            n_embd_ff=mlp_width(args),
+        )
     model.build((None, args.seq))
     keras.config.set_dtype_policy("float32")
     return model
@@ -96,7 +108,7 @@ def before_optimisations():
     """theseus as it was before this benchmark's optimisations, for the before/after rows:
     projections as 3-D `ops.matmul`, attention always through `ops.dot_product_attention`,
     and Keras's masked sparse cross-entropy as the loss."""
-    patches = [(module, "matmul", keras.ops.matmul) for module in (dense, gpt_module, llama_module)]
+    patches = [(module, "matmul", keras.ops.matmul) for module in (dense, causal_lm)]
     patches.append((attention, "fused_attention_available", lambda: True))
     saved = [getattr(module, name) for module, name, _ in patches]
     for module, name, value in patches:
@@ -114,8 +126,9 @@ def run_theseus(args, x, y, precision: str = "float32", before: bool = False) ->
     schedule = WSD(3e-4, steps)
     timer = StepTimer()
     with before_optimisations() if before else contextlib.nullcontext("auto") as loss:
-        model.compile(optimizer=track_norms(build_optimizer("adamw", learning_rate=schedule)), loss=loss,
-                      jit_compile=True)
+        model.compile(
+            optimizer=track_norms(build_optimizer("adamw", learning_rate=schedule)), loss=loss, jit_compile=True
+        )
         callbacks = [  # the trainer's per-step callbacks (validation and checkpoints are not per step)
             StopOnNonFinite(0),
             Throughput(tokens_per_step, 10),
@@ -123,8 +136,15 @@ def run_theseus(args, x, y, precision: str = "float32", before: bool = False) ->
             MetricsLogger(os.path.join(tempfile.mkdtemp(), "metrics.jsonl"), 10, tokens_per_step, 0, steps),
             timer,
         ]
-        model.fit(x.reshape(-1, args.seq), y.reshape(-1, args.seq), batch_size=args.batch, epochs=1,
-                  shuffle=False, verbose=0, callbacks=callbacks)
+        model.fit(
+            x.reshape(-1, args.seq),
+            y.reshape(-1, args.seq),
+            batch_size=args.batch,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+            callbacks=callbacks,
+        )
     return statistics.median(timer.times)
 
 
@@ -165,22 +185,32 @@ def run_keras_hub(args, x, y) -> float:
     heads = args.d_model // 64
     if args.model == "gpt":
         backbone = keras_hub.models.GPT2Backbone(
-            vocabulary_size=args.vocab, num_layers=args.layers, num_heads=heads, hidden_dim=args.d_model,
-            intermediate_dim=mlp_width(args), dropout=0.0, max_sequence_length=args.seq,
+            vocabulary_size=args.vocab,
+            num_layers=args.layers,
+            num_heads=heads,
+            hidden_dim=args.d_model,
+            intermediate_dim=mlp_width(args),
+            dropout=0.0,
+            max_sequence_length=args.seq,
         )
         model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
     else:
         backbone = keras_hub.models.LlamaBackbone(
-            vocabulary_size=args.vocab, num_layers=args.layers, num_query_heads=heads, hidden_dim=args.d_model,
-            intermediate_dim=mlp_width(args), num_key_value_heads=max(heads // 2, 1),
+            vocabulary_size=args.vocab,
+            num_layers=args.layers,
+            num_query_heads=heads,
+            hidden_dim=args.d_model,
+            intermediate_dim=mlp_width(args),
+            num_key_value_heads=max(heads // 2, 1),
         )
         model = keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
     model.compile(optimizer=build_optimizer("adamw", learning_rate=WSD(3e-4, len(x))), jit_compile=True)
     flat_x = x.reshape(-1, args.seq)
     inputs = {"token_ids": flat_x, "padding_mask": np.ones_like(flat_x, dtype=bool)}
     timer = StepTimer()
-    model.fit(inputs, y.reshape(-1, args.seq), batch_size=args.batch, epochs=1, shuffle=False, verbose=0,
-              callbacks=[timer])
+    model.fit(
+        inputs, y.reshape(-1, args.seq), batch_size=args.batch, epochs=1, shuffle=False, verbose=0, callbacks=[timer]
+    )
     return statistics.median(timer.times)
 
 
@@ -222,7 +252,10 @@ def main() -> None:
         "(a) theseus fit": ("float32", run_theseus),
         "(b) jax.jit + optax": ("float32", run_jax),
         f"(c) keras-hub {hub_name} fit": ("float32", run_keras_hub),
-        "(a) before: 3-D projections, fused attention, Keras loss": ("float32", lambda *a: run_theseus(*a, before=True)),
+        "(a) before: 3-D projections, fused attention, Keras loss": (
+            "float32",
+            lambda *a: run_theseus(*a, before=True),
+        ),
         "(a) theseus fit, mixed_bfloat16": ("bfloat16", lambda *a: run_theseus(*a, precision="bfloat16")),
     }
     x, y = batches(args.steps, args.batch, args.seq, args.vocab)
@@ -235,12 +268,16 @@ def main() -> None:
     flops_per_token = model_flops_per_token(args, model)
     tokens_per_step = args.batch * args.seq
 
-    print(f"\n{type(model).__name__} {args.layers} layers, d_model {args.d_model}, seq {args.seq}, "
-          f"batch {args.batch}, vocab {args.vocab}: {model.count_params() / 1e6:.2f}M parameters, "
-          f"backend {keras.backend.backend()}")
-    print(f"measured peak (2048^2 matmul): float32 {peaks['float32'] / 1e9:.0f} GFLOP/s, bfloat16 "
-          f"{peaks['bfloat16'] / 1e9:.0f} GFLOP/s; median of {args.repeats} rounds, "
-          f"{args.steps - WARMUP_STEPS} timed steps each\n")
+    print(
+        f"\n{type(model).__name__} {args.layers} layers, d_model {args.d_model}, seq {args.seq}, "
+        f"batch {args.batch}, vocab {args.vocab}: {model.count_params() / 1e6:.2f}M parameters, "
+        f"backend {keras.backend.backend()}"
+    )
+    print(
+        f"measured peak (2048^2 matmul): float32 {peaks['float32'] / 1e9:.0f} GFLOP/s, bfloat16 "
+        f"{peaks['bfloat16'] / 1e9:.0f} GFLOP/s; median of {args.repeats} rounds, "
+        f"{args.steps - WARMUP_STEPS} timed steps each\n"
+    )
     print("| setup | compute | step (ms) | tokens/s | MFU |\n|---|---|---|---|---|")
     tps = {}
     for name, times in step_times.items():
@@ -248,8 +285,10 @@ def main() -> None:
         step = statistics.median(times)
         tps[name] = tokens_per_step / step
         runs = ", ".join(f"{t * 1e3:.0f}" for t in times)
-        print(f"| {name} | {precision} | {step * 1e3:.0f} ({runs}) | {tps[name]:,.0f} | "
-              f"{tps[name] * flops_per_token / peaks[precision]:.1%} |")
+        print(
+            f"| {name} | {precision} | {step * 1e3:.0f} ({runs}) | {tps[name]:,.0f} | "
+            f"{tps[name] * flops_per_token / peaks[precision]:.1%} |"
+        )
     a, b, c, before, _ = tps.values()
     print(f"\n(a)/(b) = {a / b:.3f}   (a)/(c) = {a / c:.3f}   after/before = {a / before:.3f}")
 

@@ -32,11 +32,11 @@ import numpy as np  # noqa: E402
 
 from theseus.model.models import GPT  # noqa: E402
 from theseus.training import checkpoint as ckpt  # noqa: E402
+from theseus.training.accumulation import PerOptimizerStep  # noqa: E402
 from theseus.training.callbacks import LearningRate, MetricsLogger, StopOnNonFinite, Throughput  # noqa: E402
 from theseus.training.norms import track_norms  # noqa: E402
 from theseus.training.optimizers import build_optimizer  # noqa: E402
 from theseus.training.schedules import WSD  # noqa: E402
-from theseus.training.trainer import PerOptimizerStep  # noqa: E402
 
 WARMUP = 5  # optimizer steps excluded from the timing (compile, first steps)
 BATCH, SEQ, VOCAB = 16, 256, 320
@@ -84,8 +84,9 @@ class WallClock(keras.callbacks.Callback):
         self.end = time.perf_counter()
 
 
-def run(steps: int, norms: bool, callbacks: bool, micro_steps: int = 1, precision: str = "float32", save=None,
-        spent=None) -> float:
+def run(
+    steps: int, norms: bool, callbacks: bool, micro_steps: int = 1, precision: str = "float32", save=None, spent=None
+) -> float:
     keras.utils.set_random_seed(0)
     keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     model = GPT(vocab_size=VOCAB, block_size=SEQ, n_layer=4, n_head=4, n_embd=128)
@@ -93,7 +94,8 @@ def run(steps: int, norms: bool, callbacks: bool, micro_steps: int = 1, precisio
     keras.config.set_dtype_policy("float32")
     schedule = WSD(2e-3, steps)
     optimizer = build_optimizer(
-        "adamw", learning_rate=PerOptimizerStep(schedule, micro_steps) if micro_steps > 1 else schedule,
+        "adamw",
+        learning_rate=PerOptimizerStep(schedule, micro_steps) if micro_steps > 1 else schedule,
         gradient_accumulation_steps=micro_steps if micro_steps > 1 else None,
     )
     model.compile(optimizer=track_norms(optimizer) if norms else optimizer, jit_compile=True)
@@ -110,8 +112,15 @@ def run(steps: int, norms: bool, callbacks: bool, micro_steps: int = 1, precisio
         ]
         if spent is not None:
             extra = [Timed(callback, spent) for callback in extra]
-    model.fit(tokens[:, :-1], tokens[:, 1:], batch_size=BATCH // micro_steps, epochs=1, shuffle=False, verbose=0,
-              callbacks=[*extra, clock])
+    model.fit(
+        tokens[:, :-1],
+        tokens[:, 1:],
+        batch_size=BATCH // micro_steps,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[*extra, clock],
+    )
     if save is not None:
         start = time.perf_counter()
         ckpt.save(tempfile.mkdtemp(), model, {"step": steps})

@@ -11,7 +11,6 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 import pytest  # noqa: E402
-
 from support import run_command  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,9 @@ def run_command(args, cwd=None, env=None, timeout=600, check=False):
         args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"{args} exited {result.returncode}\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}")
+        raise AssertionError(
+            f"{args} exited {result.returncode}\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
+        )
     return result
 
 

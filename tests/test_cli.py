@@ -7,9 +7,17 @@ import pytest
 import yaml
 
 TINY = [
-    "architecture.n_layer=1", "architecture.n_embd=32", "architecture.n_head=2", "architecture.block_size=32",
-    "training.batch_size=8", "training.tokens=2560", "logging.validation_interval=5", "logging.validation_batches=2",
-    "logging.checkpoint_interval=5", "logging.log_interval=2", "logging.progress_bar=false",
+    "architecture.n_layer=1",
+    "architecture.n_embd=32",
+    "architecture.n_head=2",
+    "architecture.block_size=32",
+    "training.batch_size=8",
+    "training.tokens=2560",
+    "logging.validation_interval=5",
+    "logging.validation_batches=2",
+    "logging.checkpoint_interval=5",
+    "logging.log_interval=2",
+    "logging.progress_bar=false",
 ]
 
 
@@ -24,7 +32,7 @@ def snapshot(path):
 
 def test_jobs_lists_keys_with_summaries(theseus_cli):
     result = theseus_cli("jobs", check=True)
-    line = next(l for l in result.stdout.splitlines() if l.startswith("gpt/train/pretrain"))
+    line = next(text for text in result.stdout.splitlines() if text.startswith("gpt/train/pretrain"))
     assert "Pretrain a GPT from scratch" in line
 
 
@@ -46,7 +54,7 @@ def test_configure_then_run_trains_and_writes_the_run_folder(theseus_cli, tmp_pa
     run = tmp_path / "runs" / "dev"
     assert f"run folder: {run}" in result.stdout
     assert yaml.safe_load((run / "config.yaml").read_text())["training"]["tokens"] == 2560
-    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(text) for text in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["step"] == 0 and "val_loss" in rows[0]
     train_rows = [r for r in rows if "loss" in r]
     assert [r["step"] for r in train_rows] == [2, 4, 6, 8, 10]
@@ -60,17 +68,47 @@ def test_configure_then_run_trains_and_writes_the_run_folder(theseus_cli, tmp_pa
 
 BAD = [
     (("run", "dev", "{tmp}/nope.yaml", "{tmp}/runs"), "config file not found: {tmp}/nope.yaml"),
-    (("configure", "gpt/train/pretrian", "{tmp}/x.yaml"), "unknown job 'gpt/train/pretrian' (did you mean 'gpt/train/pretrain'?); `theseus jobs` lists them"),
-    (("configure", "gpt/train/pretrain", "{tmp}/x.yaml", "training.tokns=5"), "unknown config key 'training/tokns' (did you mean 'training/tokens'?)"),
-    (("configure", "gpt/train/pretrain", "{tmp}/x.yaml", "training.tokens=lots"), "config key 'training/tokens' must be int, got 'lots' (str)"),
-    (("run", "dev", "{tmp}/good.yaml", "{tmp}/runs", "architecture.n_layer=two"), "config key 'architecture/n_layer' must be int, got 'two' (str)"),
-    (("run", "dev", "{tmp}/required.yaml", "{tmp}/runs"), "config key 'architecture/n_embd' is required but not set (it is ???)"),
-    (("run", "dev", "{tmp}/unknown.yaml", "{tmp}/runs"), "unknown config key 'architecture/n_embed' (did you mean 'architecture/n_embd'?)"),
+    (
+        ("configure", "gpt/train/pretrian", "{tmp}/x.yaml"),
+        "unknown job 'gpt/train/pretrian' (did you mean 'gpt/train/pretrain'?); `theseus jobs` lists them",
+    ),
+    (
+        ("configure", "gpt/train/pretrain", "{tmp}/x.yaml", "training.tokns=5"),
+        "unknown config key 'training/tokns' (did you mean 'training/tokens'?)",
+    ),
+    (
+        ("configure", "gpt/train/pretrain", "{tmp}/x.yaml", "training.tokens=lots"),
+        "config key 'training/tokens' must be int, got 'lots' (str)",
+    ),
+    (
+        ("run", "dev", "{tmp}/good.yaml", "{tmp}/runs", "architecture.n_layer=two"),
+        "config key 'architecture/n_layer' must be int, got 'two' (str)",
+    ),
+    (
+        ("run", "dev", "{tmp}/required.yaml", "{tmp}/runs"),
+        "config key 'architecture/n_embd' is required but not set (it is ???)",
+    ),
+    (
+        ("run", "dev", "{tmp}/unknown.yaml", "{tmp}/runs"),
+        "unknown config key 'architecture/n_embed' (did you mean 'architecture/n_embd'?)",
+    ),
     (("configure", "gpt/train/pretrain", "{tmp}/good.yaml"), "{tmp}/good.yaml exists; pass --force to overwrite it"),
-    (("run", "dev", "{tmp}/good.yaml", "{tmp}/runs", "optimization.warmup=700"), "optimization: Arguments `warmup` (700 steps) + `decay` (49 steps) must fit in total_steps=244. Received: warmup=700, decay=0.2, total_steps=244"),
-    (("run", "dev", "{tmp}/good.yaml", "{tmp}/runs", "optimization.schedule=wsdd"), "optimization: Unknown schedule 'wsdd'. Known schedules: ['constant', 'cosine', 'wsd', 'wsd-s']"),
-    (("run", "dev", "{tmp}/good.yaml", "{tmp}/runs", "topology.backend=mxnet"), "config key 'topology/backend' must be one of ['jax', 'tensorflow', 'torch'], got 'mxnet'"),
-    (("--backend", "torch", "run", "dev", "{tmp}/good.yaml", "{tmp}/runs", "topology.backend=jax"), "--backend torch contradicts the override topology/backend=jax"),
+    (
+        ("run", "dev", "{tmp}/good.yaml", "{tmp}/runs", "optimization.warmup=700"),
+        "optimization: Arguments `warmup` (700 steps) + `decay` (49 steps) must fit in total_steps=244. Received: warmup=700, decay=0.2, total_steps=244",
+    ),
+    (
+        ("run", "dev", "{tmp}/good.yaml", "{tmp}/runs", "optimization.schedule=wsdd"),
+        "optimization: Unknown schedule 'wsdd'. Known schedules: ['constant', 'cosine', 'wsd', 'wsd-s']",
+    ),
+    (
+        ("run", "dev", "{tmp}/good.yaml", "{tmp}/runs", "topology.backend=mxnet"),
+        "config key 'topology/backend' must be one of ['jax', 'tensorflow', 'torch'], got 'mxnet'",
+    ),
+    (
+        ("--backend", "torch", "run", "dev", "{tmp}/good.yaml", "{tmp}/runs", "topology.backend=jax"),
+        "--backend torch contradicts the override topology/backend=jax",
+    ),
 ]
 
 
@@ -91,7 +129,10 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(theseus_cli, tmp_path,
 def test_unknown_job_in_the_recipe_runner(recipe, tmp_path):
     result = recipe("gpt/train/pretrane", "--out", tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip() == "theseus: error: unknown job 'gpt/train/pretrane' (did you mean 'gpt/train/pretrain'?); `theseus jobs` lists them"
+    assert (
+        result.stderr.strip()
+        == "theseus: error: unknown job 'gpt/train/pretrane' (did you mean 'gpt/train/pretrain'?); `theseus jobs` lists them"
+    )
     assert list(tmp_path.iterdir()) == []
 
 

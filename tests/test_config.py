@@ -1,5 +1,5 @@
 import dataclasses
-from typing import Literal, Optional, Union
+from typing import Literal
 
 import pytest
 
@@ -21,11 +21,11 @@ from theseus.config import (
 class Training:
     tokens: int = field("training/tokens", default=1000, help="how many tokens")
     lr: float = field("optimization/lr", default=1e-3)
-    warmup: Union[int, float] = field("optimization/warmup", default=0.1)
+    warmup: int | float = field("optimization/warmup", default=0.1)
     shape: Literal["linear", "cosine"] = field("optimization/shape", default="linear")
     name: str = field("data/name", default="embedded")
     model_id: str = field("architecture/huggingface/model")
-    layers: Optional[list[int]] = field("architecture/layers", default=None)
+    layers: list[int] | None = field("architecture/layers", default=None)
     flag: bool = field("training/flag", default=False)
 
 
@@ -46,8 +46,15 @@ class Model:
 def test_collect_merges_shared_keys_and_recurses():
     table = collect([Model])
     assert set(table) == {
-        "architecture/width", "training/tokens", "optimization/lr", "optimization/warmup",
-        "optimization/shape", "data/name", "architecture/huggingface/model", "architecture/layers", "training/flag",
+        "architecture/width",
+        "training/tokens",
+        "optimization/lr",
+        "optimization/warmup",
+        "optimization/shape",
+        "data/name",
+        "architecture/huggingface/model",
+        "architecture/layers",
+        "training/flag",
     }
     assert table["training/tokens"].default == 1000
     assert table["training/tokens"].help == "how many tokens"
@@ -64,12 +71,19 @@ def test_conflicting_defaults_are_refused():
 
 def test_resolve_fills_defaults_and_coerces():
     table = collect([Training])
-    values = resolve(table, {"architecture/huggingface/model": "x", "training/tokens": "2e6"}, {"optimization/lr": "3e-4"})
+    values = resolve(
+        table, {"architecture/huggingface/model": "x", "training/tokens": "2e6"}, {"optimization/lr": "3e-4"}
+    )
     assert values["training/tokens"] == 2_000_000 and isinstance(values["training/tokens"], int)
     assert values["optimization/lr"] == pytest.approx(3e-4)
     assert values["optimization/warmup"] == 0.1
-    assert resolve(table, {"architecture/huggingface/model": "x"}, {"optimization/warmup": "100"})["optimization/warmup"] == 100
-    assert resolve(table, {"architecture/huggingface/model": "x"}, {"architecture/layers": "[1, 2]"})["architecture/layers"] == [1, 2]
+    assert (
+        resolve(table, {"architecture/huggingface/model": "x"}, {"optimization/warmup": "100"})["optimization/warmup"]
+        == 100
+    )
+    assert resolve(table, {"architecture/huggingface/model": "x"}, {"architecture/layers": "[1, 2]"})[
+        "architecture/layers"
+    ] == [1, 2]
     # a str field keeps the command-line text as it is
     assert resolve(table, {"architecture/huggingface/model": "x"}, {"data/name": "123"})["data/name"] == "123"
 
@@ -98,7 +112,10 @@ def test_required_values_must_be_set(values):
 
 
 def test_overrides_parse_dotted_keys_and_refuse_duplicates():
-    assert parse_overrides(["training.tokens=2e6", "optimization/lr=1"]) == {"training/tokens": "2e6", "optimization/lr": "1"}
+    assert parse_overrides(["training.tokens=2e6", "optimization/lr=1"]) == {
+        "training/tokens": "2e6",
+        "optimization/lr": "1",
+    }
     with pytest.raises(ConfigError, match="overridden twice"):
         parse_overrides(["training.tokens=1", "training/tokens=2"])
     with pytest.raises(ConfigError, match="key=value"):

@@ -4,10 +4,10 @@ import sys
 import keras
 import numpy as np
 import pytest
-from keras import ops
-
 from hf_checkpoints import FAMILIES, hf_model
+from keras import ops
 from support import run_command
+
 from theseus.config import ConfigError
 from theseus.generation import Generator, choose_tokens
 from theseus.model.huggingface import HFCompat
@@ -186,9 +186,12 @@ def test_hugging_face_models_generate_what_transformers_generates(family, tmp_pa
     for prompt, tokens, scores in zip(HF_PROMPTS, out.tokens, out.scores):
         with torch.no_grad():
             expected = reference.generate(
-                torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                max_new_tokens=10, do_sample=False, pad_token_id=0,
-            )[0, len(prompt):].tolist()
+                torch.tensor([prompt]),
+                attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                max_new_tokens=10,
+                do_sample=False,
+                pad_token_id=0,
+            )[0, len(prompt) :].tolist()
         assert tokens == expected
         np.testing.assert_allclose(scores, full_logits(model, prompt + tokens)[len(prompt) - 1 : -1], atol=1e-4, rtol=0)
     assert any(len(set(tokens)) > 2 for tokens in out.tokens)  # not a degenerate repetition

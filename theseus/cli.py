@@ -37,24 +37,34 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config")
     run.add_argument("outdir")
     run.add_argument("overrides", nargs="*", help="key=value (dotted or slash keys)")
-    run.add_argument("--fresh", action="store_true", help="start over: move an existing OUTDIR/NAME aside instead of resuming it")
+    run.add_argument(
+        "--fresh", action="store_true", help="start over: move an existing OUTDIR/NAME aside instead of resuming it"
+    )
     plot = sub.add_parser("plot", help="draw RUN_DIR/metrics.png (loss, val loss and lr against tokens)")
     plot.add_argument("run_dir")
     cooldown = sub.add_parser("cooldown", help="branch a WSD cooldown from a stable-phase checkpoint of RUN_DIR")
     cooldown.add_argument("run_dir")
-    cooldown.add_argument("--from", dest="point", required=True, help="a step (200) or tokens with a unit (819200t, 2M)")
-    cooldown.add_argument("--fraction", type=float, default=0.2, help="decay length as a fraction of the parent's steps so far")
+    cooldown.add_argument(
+        "--from", dest="point", required=True, help="a step (200) or tokens with a unit (819200t, 2M)"
+    )
+    cooldown.add_argument(
+        "--fraction", type=float, default=0.2, help="decay length as a fraction of the parent's steps so far"
+    )
     cooldown.add_argument("--steps", type=int, help="decay length in steps (instead of --fraction)")
     cooldown.add_argument("--shape", default="1-sqrt", help="linear, cosine or 1-sqrt")
     cooldown.add_argument("--name", help="the branch's folder, beside RUN_DIR (default: RUN-cooldown-STEP)")
     cooldown.add_argument("overrides", nargs="*", help="key=value for the branch (e.g. logging.log_interval=1)")
-    sweep = sub.add_parser("sweep-cooldowns", help="cool down from every N-th stable checkpoint; table + PNG of val loss vs tokens")
+    sweep = sub.add_parser(
+        "sweep-cooldowns", help="cool down from every N-th stable checkpoint; table + PNG of val loss vs tokens"
+    )
     sweep.add_argument("run_dir")
     sweep.add_argument("--every", type=int, default=1, help="branch from every N-th stable-phase checkpoint")
     sweep.add_argument("--fraction", type=float, default=0.2)
     sweep.add_argument("--shape", default="1-sqrt")
     sweep.add_argument("overrides", nargs="*", help="key=value for every branch")
-    generate = sub.add_parser("generate", help="print completions from a run, RUN/checkpoints/step_N or a Hugging Face folder")
+    generate = sub.add_parser(
+        "generate", help="print completions from a run, RUN/checkpoints/step_N or a Hugging Face folder"
+    )
     generate.add_argument("source")
     generate.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     generate.add_argument("--prompts-file", help="one prompt per line (\\n in a line is a newline)")
@@ -77,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from theseus.base import backend
-    from theseus.config import ConfigError, parse_overrides
+    from theseus.config import parse_overrides
 
     try:
         args.overrides = parse_overrides(getattr(args, "overrides", []))
@@ -85,24 +95,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("cooldown", "sweep-cooldowns"):  # a branch runs on its parent's backend
             run_config = str(Path(args.run_dir) / "config.yaml")
         backend.select(backend.chosen(args.backend, args.overrides, run_config))  # before Keras is imported
-    except ConfigError as error:
-        print(f"theseus: error: {error}", file=sys.stderr)
-        return 2
-    from theseus.training.callbacks import TrainingStopped
-
-    try:
         return _dispatch(args)
-    except ConfigError as error:
-        print(f"theseus: error: {error}", file=sys.stderr)
-        return 2
-    except TrainingStopped as error:
-        print(f"theseus: {error}", file=sys.stderr)
-        return error.exit_code
+    except Exception as error:
+        from theseus.config import exit_status
+
+        return exit_status(error)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from theseus.base import run as runs
     from theseus.config import ConfigError, write_atomic
+    from theseus.experiments import runs
 
     if args.command == "jobs":
         registry = runs.jobs()
@@ -120,22 +122,24 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"wrote {out}" + (f"; set before running: {', '.join(missing)}" if missing else ""))
         return 0
     if args.command == "generate":
-        from theseus.evaluation.completions import complete, read_prompts
+        from theseus.experiments.completions import complete, read_prompts
 
         prompts = read_prompts(args.prompt, args.prompts_file)
         settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-        for prompt, text in zip(prompts, complete(args.source, prompts, args.max_new_tokens, args.batch_size, **settings)):
+        for prompt, text in zip(
+            prompts, complete(args.source, prompts, args.max_new_tokens, args.batch_size, **settings)
+        ):
             print(f"{prompt}{text}\n{'-' * 40}", flush=True)
         return 0
     if args.command == "cooldown":
-        from theseus.training.cooldown import cooldown
+        from theseus.experiments.cooldown import cooldown
 
-        result = cooldown(args.run_dir, args.point, fraction=args.fraction, shape=args.shape, steps=args.steps,
-                          name=args.name, overrides=args.overrides)
+        options = {name: getattr(args, name) for name in ("fraction", "shape", "steps", "name", "overrides")}
+        result = cooldown(args.run_dir, args.point, **options)
         print(f"branch folder: {result['run_dir']} (validation loss {result.get('val_loss', float('nan')):.4f})")
         return 0
     if args.command == "sweep-cooldowns":
-        from theseus.training.cooldown import sweep
+        from theseus.experiments.cooldown import sweep
 
         rows = sweep(args.run_dir, args.every, fraction=args.fraction, shape=args.shape, overrides=args.overrides)
         print((Path(args.run_dir) / "sweep.md").read_text(), end="")

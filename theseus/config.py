@@ -18,8 +18,9 @@ import sys
 import tempfile
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -30,6 +31,24 @@ _HELP = "theseus_help"
 
 class ConfigError(ValueError):
     """A configuration problem a user can fix; the CLI prints it as one line."""
+
+    exit_code = 2
+
+
+def exit_status(error: Exception) -> int:
+    """How a command ends on `error`, said on one line of stderr, for both entry points.
+
+    An error that carries an `exit_code` is one a user can act on: bad input (ConfigError,
+    exit 2) or a run stopped early (`theseus.training.callbacks.TrainingStopped`, its own
+    code). Anything else is a bug and propagates with its traceback. Nothing here imports
+    Keras, so bad input found before a backend is chosen is still one quick line.
+    """
+    code = getattr(error, "exit_code", None)
+    if not isinstance(code, int):
+        raise error
+    label = "error: " if isinstance(error, ConfigError) else ""
+    print(f"theseus: {label}{error}", file=sys.stderr)
+    return code
 
 
 def field(
@@ -193,45 +212,40 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"config key '{key}' must be one of {list(args)}, got {value!r}")
     if origin in (list, tuple) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise _wrong(value, tp, key)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise _wrong(value, tp, key)
-            items = [coerce(v, a, key) for v, a in zip(value, args)]
-        else:
-            items = [coerce(v, args[0], key) for v in value] if args else list(value)
-        return tuple(items) if (origin or tp) is tuple else items
+        return _coerce_sequence(value, tp, key)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise _wrong(value, tp, key)
         return dict(value)
+    return _coerce_scalar(value, tp, key)
+
+
+def _coerce_sequence(value: Any, tp: Any, key: str) -> list | tuple:
+    """A list or tuple of `tp`'s item types (a fixed-length tuple item by item)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if not isinstance(value, (list, tuple)):
+        raise _wrong(value, tp, key)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(args) != len(value):
+            raise _wrong(value, tp, key)
+        items = [coerce(v, a, key) for v, a in zip(value, args)]
+    else:
+        items = [coerce(v, args[0], key) for v in value] if args else list(value)
+    return tuple(items) if (origin or tp) is tuple else items
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
+    """An enum member, bool, int, float, str or instance of the class `tp`."""
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         try:
             return tp(value)
         except ValueError:
-            raise ConfigError(
-                f"config key '{key}' must be one of {[m.value for m in tp]}, got {value!r}"
-            ) from None
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _wrong(value, tp, key)
-    if tp is int:
+            raise ConfigError(f"config key '{key}' must be one of {[m.value for m in tp]}, got {value!r}") from None
+    if tp in (int, float):
         number = _number(value)
-        if number is not None and float(number).is_integer():
-            return int(number)
-        raise _wrong(value, tp, key)
-    if tp is float:
-        number = _number(value)
-        if number is not None:
-            return float(number)
-        raise _wrong(value, tp, key)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _wrong(value, tp, key)
-    if isinstance(tp, type) and isinstance(value, tp):
+        if number is not None and (tp is float or float(number).is_integer()):
+            return tp(number)
+    elif isinstance(tp, type) and isinstance(value, tp):  # bool, str or any other class
         return value
     raise _wrong(value, tp, key)
 
@@ -250,20 +264,26 @@ def _number(value: Any) -> float | int | None:
 
 
 def _wrong(value: Any, tp: Any, key: str) -> ConfigError:
-    return ConfigError(
-        f"config key '{key}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})"
-    )
+    return ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 
-def _did_you_mean(key: str, known: Iterable[str]) -> str:
-    """A hint naming the closest known keys (only those about as close as the best one)."""
+def did_you_mean(name: str, known: Iterable[str], *, cutoff: float = 0.6, by_last_part: bool = False) -> str:
+    """A hint naming the known names closest to a mistyped `name` (the best, if at least
+    `cutoff` alike, and up to two about as close), or "" when none is close.
+
+    Args:
+        by_last_part: also compare the parts after the last `/` (a misspelt last part of a
+            config key is the common case); a job key's last part is shared by every family.
+    """
+
     def score(candidate: str) -> float:
-        whole = difflib.SequenceMatcher(None, key, candidate).ratio()
-        tail = difflib.SequenceMatcher(None, key.rsplit("/", 1)[-1], candidate.rsplit("/", 1)[-1]).ratio()
-        return max(whole, tail)  # a misspelt last part is the common case
+        whole = difflib.SequenceMatcher(None, name, candidate).ratio()
+        if not by_last_part:
+            return whole
+        return max(whole, difflib.SequenceMatcher(None, name.rsplit("/", 1)[-1], candidate.rsplit("/", 1)[-1]).ratio())
 
     scored = sorted(((score(k), k) for k in known), reverse=True)
-    if not scored or scored[0][0] < 0.6:
+    if not scored or scored[0][0] < cutoff:
         return ""
     close = [k for s, k in scored[:3] if s >= scored[0][0] - 0.02]
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)"
@@ -298,9 +318,7 @@ def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 def defaults(table: Mapping[str, Field]) -> dict[str, Any]:
     """Every key with its default, `???` for required ones."""
-    return {
-        key: MISSING_MARK if f.required else _plain(f.default_value()) for key, f in table.items()
-    }
+    return {key: MISSING_MARK if f.required else _plain(f.default_value()) for key, f in table.items()}
 
 
 def _plain(value: Any) -> Any:
@@ -355,7 +373,7 @@ def resolve(
     extra = set(allowed_extra)
     for key in list(values) + list(overrides or {}):
         if key not in table and key not in extra:
-            raise ConfigError(f"unknown config key '{key}'{_did_you_mean(key, table)}")
+            raise ConfigError(f"unknown config key '{key}'{did_you_mean(key, table, by_last_part=True)}")
     for key, raw in (overrides or {}).items():
         values[key] = _parse_raw(raw, table[key].type) if key in table else raw
     resolved: dict[str, Any] = {}

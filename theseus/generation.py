@@ -21,7 +21,7 @@ backend and for any batch size.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -130,7 +130,7 @@ class Generation:
     """
 
     tokens: list[list[int]]
-    scores: Optional[list[np.ndarray]] = None
+    scores: list[np.ndarray] | None = None
 
 
 class Generator:
@@ -165,7 +165,7 @@ class Generator:
         top_p: float = 1.0,
         stop_token_ids: Sequence[int] = (),
         seed: int = 0,
-        batch_size: Optional[int] = None,
+        batch_size: int | None = None,
         return_scores: bool = False,
     ) -> Generation:
         """Generate up to `max_new_tokens` after each prompt.
@@ -292,4 +292,3 @@ def _length_until_stop(tokens: np.ndarray, stop: np.ndarray) -> int:
     """Tokens up to and including the first stop token (all of them if none)."""
     hits = np.flatnonzero(np.isin(tokens, stop))
     return int(hits[0]) + 1 if len(hits) else len(tokens)
-

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import yaml
 from keras import ops
-
 from support import run_command
+
 from theseus.model.models import GPT, Llama
 
 BACKENDS = ["tensorflow", "torch"]
@@ -23,8 +23,19 @@ SMALL = dict(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)
 FAMILIES = {  # every architecture the HF families map onto, on their distinctive options
     "gpt2": (GPT, {}),
     "gpt-rope-untied": (GPT, {"position": "rope", "tie_embeddings": False}),
-    "llama-gqa": (Llama, {"n_kv_head": 2, "rope_scaling": {"rope_type": "llama3", "factor": 8.0,
-                  "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8}}),
+    "llama-gqa": (
+        Llama,
+        {
+            "n_kv_head": 2,
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8,
+            },
+        },
+    ),
     "mistral-sliding-window": (Llama, {"n_kv_head": 2, "sliding_window": 5}),
     "qwen2-qkv-bias": (Llama, {"n_kv_head": 2, "qkv_bias": True, "tie_embeddings": True}),
     "qwen3-qk-norm": (Llama, {"n_kv_head": 2, "qk_norm": True, "head_dim": 16}),
@@ -66,8 +77,18 @@ def jax_logits(tmp_path_factory):
         model = cls(**kwargs)
         model.build((None, 16))
         model.save_weights(folder / f"{name}.weights.h5")
-        reference[name] = np.stack([ops.convert_to_numpy(model(ids)), ops.convert_to_numpy(model(ids, padding_mask=padding))])
-        cases.append([cls.__name__, kwargs, str(folder / f"{name}.weights.h5"), str(folder / "ids.npy"), str(folder / f"{name}.npy")])
+        reference[name] = np.stack(
+            [ops.convert_to_numpy(model(ids)), ops.convert_to_numpy(model(ids, padding_mask=padding))]
+        )
+        cases.append(
+            [
+                cls.__name__,
+                kwargs,
+                str(folder / f"{name}.weights.h5"),
+                str(folder / "ids.npy"),
+                str(folder / f"{name}.npy"),
+            ]
+        )
     return folder, cases, reference
 
 
@@ -84,18 +105,29 @@ def test_same_weights_same_logits_for_every_family(tmp_path, backend, jax_logits
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend, choice", [("tensorflow", "--topology.backend=tensorflow"), ("torch", "--backend=torch")])
+@pytest.mark.parametrize(
+    "backend, choice", [("tensorflow", "--topology.backend=tensorflow"), ("torch", "--backend=torch")]
+)
 def test_default_job_runs_on_each_backend(recipe, tmp_path, backend, choice):
     """Chosen by the config key or by the flag; the run says what it ran on and records it."""
     result = recipe(
-        "gpt/train/pretrain", choice, "--out", tmp_path, "--name", "run",
-        "--training.tokens=20480", "--architecture.n_layer=1", "--architecture.n_embd=64",
-        "--architecture.block_size=64", "--logging.validation_interval=20", "--logging.progress_bar=false",
+        "gpt/train/pretrain",
+        choice,
+        "--out",
+        tmp_path,
+        "--name",
+        "run",
+        "--training.tokens=20480",
+        "--architecture.n_layer=1",
+        "--architecture.n_embd=64",
+        "--architecture.block_size=64",
+        "--logging.validation_interval=20",
+        "--logging.progress_bar=false",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"tokens each) on {backend}" in result.stdout
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["topology"]["backend"] == backend
-    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     val = [r["val_loss"] for r in rows if "val_loss" in r]
     assert val[-1] < val[0] - 0.5, val
 
@@ -146,8 +178,23 @@ def test_the_marked_subset_passes_on(backend):
     """The tests marked `backends` (models, layers, the loss, schedules, optimizers, callbacks,
     LoRA, generation, evaluators), run in-process on another backend: the whole suite runs
     on JAX, this subset on TensorFlow and PyTorch too."""
-    result = run_command([sys.executable, "-m", "pytest", "-q", "-m", "backends and not slow", "-p", "no:cacheprovider",
-                          "-W", "ignore::DeprecationWarning", str(TESTS)], env={"KERAS_BACKEND": backend}, timeout=1200)
+    result = run_command(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-m",
+            "backends and not slow",
+            "-p",
+            "no:cacheprovider",
+            "-W",
+            "ignore::DeprecationWarning",
+            str(TESTS),
+        ],
+        env={"KERAS_BACKEND": backend},
+        timeout=1200,
+    )
     summary = result.stdout.strip().splitlines()[-1]
     assert result.returncode == 0, result.stdout[-5000:]
     passed = int(re.search(r"(\d+) passed", summary).group(1))

@@ -6,8 +6,8 @@ import keras
 import pytest
 
 from theseus.base import backend
-from theseus.base.run import configure, launch
 from theseus.config import ConfigError
+from theseus.experiments.runs import configure, launch
 
 
 def test_flag_is_recorded_as_the_override_and_an_override_beats_the_config_file(tmp_path):
@@ -34,7 +34,9 @@ def test_too_late_to_switch_is_a_clear_error(tmp_path):
 
 def test_a_backend_that_is_not_installed_is_named(monkeypatch):
     monkeypatch.setitem(backend.BACKENDS, "torch", "theseus_no_such_package")
-    with pytest.raises(ConfigError, match=r"backend 'torch' is not installed here \(pip install theseus_no_such_package\)"):
+    with pytest.raises(
+        ConfigError, match=r"backend 'torch' is not installed here \(pip install theseus_no_such_package\)"
+    ):
         backend.check("torch")
 
 

@@ -8,21 +8,30 @@ import keras
 import numpy as np
 import pytest
 
-from theseus.base import run as runs
-from theseus.base.mesh import FSDP_RULES, Strategy, Topology, check_placement, strategy_rules
+from theseus.base.mesh import Strategy, Topology, check_placement, strategy_rules
+from theseus.base.sharding import ShardingError, abstract_build
 from theseus.config import ConfigError
+from theseus.experiments import runs
 from theseus.experiments.gpt import PretrainGPT
 from theseus.model import models
 from theseus.model.models import GPT, CausalLM
-from theseus.model.module import ShardingError, abstract_build
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution shards on JAX only")
 
 TINY = {
-    "architecture/n_layer": 1, "architecture/n_embd": 32, "architecture/n_head": 4, "architecture/block_size": 32,
-    "training/batch_size": 8, "training/tokens": 20 * 8 * 32, "optimization/lr": 3e-3, "optimization/warmup": 2,
-    "logging/log_interval": 1, "logging/validation_interval": 20, "logging/validation_batches": 1,
-    "logging/checkpoint_interval": 100, "logging/progress_bar": False,
+    "architecture/n_layer": 1,
+    "architecture/n_embd": 32,
+    "architecture/n_head": 4,
+    "architecture/block_size": 32,
+    "training/batch_size": 8,
+    "training/tokens": 20 * 8 * 32,
+    "optimization/lr": 3e-3,
+    "optimization/warmup": 2,
+    "logging/log_interval": 1,
+    "logging/validation_interval": 20,
+    "logging/validation_batches": 1,
+    "logging/checkpoint_interval": 100,
+    "logging/progress_bar": False,
 }
 
 STRATEGIES = {  # name: (strategy, devices on the shard axis), on 8 devices
@@ -74,8 +83,13 @@ def spec_of(array):
 def test_topology_is_a_config_section_defaulting_to_data_parallel_on_every_device():
     fields, defaults = runs.configure("gpt/train/pretrain")
     assert {k: v for k, v in defaults.items() if k.startswith("topology/")} == {
-        "topology/strategy": Strategy.DP, "topology/shard": 1, "topology/devices": 0, "topology/strict": False,
-        "topology/coordinator": "", "topology/num_processes": None, "topology/process_id": None,
+        "topology/strategy": Strategy.DP,
+        "topology/shard": 1,
+        "topology/devices": 0,
+        "topology/strict": False,
+        "topology/coordinator": "",
+        "topology/num_processes": None,
+        "topology/process_id": None,
         "topology/backend": None,
     }
     assert "strategy: dp  # dp, tp, fsdp or fsdp+tp" in runs.config_text("gpt/train/pretrain", fields, defaults)
@@ -86,31 +100,65 @@ def test_topology_is_a_config_section_defaulting_to_data_parallel_on_every_devic
 
 
 def test_strategies_are_rules_added_to_the_models_own():
-    model_rules = GPT(vocab_size=64, block_size=16, n_layer=1, n_head=4, n_embd=32).sharding
-    assert strategy_rules(Strategy.TP, model_rules) == model_rules
-    assert strategy_rules(Strategy.FSDP_TP, model_rules) == FSDP_RULES + model_rules
+    model = GPT(vocab_size=64, block_size=16, n_layer=1, n_head=4, n_embd=32)
+    model_rules, fsdp_axis = model.sharding, model.fsdp_axis
+    fsdp_rules = [("n_embd", "batch")]  # the residual width, which every large weight has
+    assert fsdp_axis == "n_embd"
+    assert strategy_rules(Strategy.TP, model_rules, fsdp_axis) == model_rules
+    assert strategy_rules(Strategy.FSDP_TP, model_rules, fsdp_axis) == fsdp_rules + model_rules
     replicated = [(axis, None) for axis, _ in model_rules]
-    assert strategy_rules(Strategy.DP, model_rules) == replicated  # still covering the same axes
-    assert strategy_rules(Strategy.FSDP, model_rules) == FSDP_RULES + replicated
-    assert FSDP_RULES == [("n_embd", "batch")]
+    assert strategy_rules(Strategy.DP, model_rules, fsdp_axis) == replicated  # still covering the same axes
+    assert strategy_rules(Strategy.FSDP, model_rules, fsdp_axis) == fsdp_rules + replicated
+
+
+def test_the_model_names_the_axis_fully_sharded_strategies_split():
+    class VocabFSDP(GPT):
+        @property
+        def fsdp_axis(self):
+            return "vocab"
+
+    def build():
+        model = VocabFSDP(vocab_size=64, block_size=16, n_layer=1, n_head=4, n_embd=32, tie_embeddings=False)
+        model.build((None, 16))
+        return model
+
+    distribution = Topology(strategy="fsdp").distribution(build)
+    assert tuple(distribution.get_tensor_layout("gpt/wte/embeddings").axes) == ("batch", None)
+    assert tuple(distribution.get_tensor_layout("gpt/lm_head").axes) == (None, "batch")
+    assert tuple(distribution.get_tensor_layout("gpt/block_0/mlp/up/kernel").axes) == (None, None)
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"topology/strategy": "tp"}, "topology/strategy=tp splits weights over the shard axis: set topology/shard > 1"),
+        (
+            {"topology/strategy": "tp"},
+            "topology/strategy=tp splits weights over the shard axis: set topology/shard > 1",
+        ),
         ({"topology/shard": 2}, "topology/strategy=dp leaves the shard axis unused: set topology/shard=1, or pick tp"),
-        ({"topology/strategy": "fsdp+tp", "topology/shard": 3}, "topology/shard=3 does not divide the 8 devices of the mesh"),
+        (
+            {"topology/strategy": "fsdp+tp", "topology/shard": 3},
+            "topology/shard=3 does not divide the 8 devices of the mesh",
+        ),
         ({"topology/devices": 16}, "topology/devices=16 but only 8 devices are visible"),
-        ({"topology/strategy": "tp", "topology/shard": 2, "training/batch_size": 6},
-         "training/batch_size=6 does not split over the 4 devices of the batch axis (topology: 8 devices, shard=2)"),
-        ({"training/micro_batch_size": 2}, "training/micro_batch_size=2 does not split over the 8 devices of the batch axis"),
-        ({"topology/strategy": "tp", "topology/shard": 8, "architecture/n_embd_ff": 100},
-         "topology/strategy=tp, shard=8: weight gpt/block_0/mlp/up/kernel dimension 1 (n_embd_ff, size 100) "
-         "does not divide mesh axis shard of size 8"),
+        (
+            {"topology/strategy": "tp", "topology/shard": 2, "training/batch_size": 6},
+            "training/batch_size=6 does not split over the 4 devices of the batch axis (topology: 8 devices, shard=2)",
+        ),
+        (
+            {"training/micro_batch_size": 2},
+            "training/micro_batch_size=2 does not split over the 8 devices of the batch axis",
+        ),
+        (
+            {"topology/strategy": "tp", "topology/shard": 8, "architecture/n_embd_ff": 100},
+            "topology/strategy=tp, shard=8: weight gpt/block_0/mlp/up/kernel dimension 1 (n_embd_ff, size 100) "
+            "does not divide mesh axis shard of size 8",
+        ),
         ({"topology/num_processes": 2}, "topology/num_processes=2 needs topology/coordinator (host:port of process 0)"),
-        ({"topology/coordinator": "127.0.0.1:1234", "topology/num_processes": 2},
-         "topology/coordinator=127.0.0.1:1234 needs topology/num_processes and topology/process_id"),
+        (
+            {"topology/coordinator": "127.0.0.1:1234", "topology/num_processes": 2},
+            "topology/coordinator=127.0.0.1:1234 needs topology/num_processes and topology/process_id",
+        ),
     ],
 )
 def test_a_topology_that_cannot_work_is_one_config_error_before_anything_runs(overrides, message):
@@ -126,7 +174,9 @@ def test_an_unknown_strategy_is_refused_with_the_choices():
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_every_variable_lives_where_the_rules_say_and_shrinks_by_its_degree(name):
     strategy, shard = STRATEGIES[name]
-    job = PretrainGPT(values(**{"topology/strategy": strategy, "topology/shard": shard, "architecture/tie_embeddings": False}))
+    job = PretrainGPT(
+        values(**{"topology/strategy": strategy, "topology/shard": shard, "architecture/tie_embeddings": False})
+    )
     distribution = job.distribution()
     mesh = dict(zip(distribution.device_mesh.axis_names, distribution.device_mesh.shape))
     with distribution.scope():
@@ -167,7 +217,9 @@ FAMILIES = {
 
 
 def test_every_shipped_family_is_checked_for_coverage():
-    shipped = {n for n in models.__all__ if isinstance(getattr(models, n), type) and issubclass(getattr(models, n), CausalLM)}
+    shipped = {
+        n for n in models.__all__ if isinstance(getattr(models, n), type) and issubclass(getattr(models, n), CausalLM)
+    }
     assert shipped - {"CausalLM"} <= set(FAMILIES)
 
 
@@ -177,7 +229,9 @@ def test_the_rules_cover_every_weight_of_every_shipped_model(family, variant):
         pytest.skip(f"{family} is not shipped here")
 
     def build():
-        model = getattr(models, family)(vocab_size=64, block_size=16, n_layer=1, n_head=4, n_embd=32, **FAMILIES[family][variant])
+        model = getattr(models, family)(
+            vocab_size=64, block_size=16, n_layer=1, n_head=4, n_embd=32, **FAMILIES[family][variant]
+        )
         model.build((None, 16))
         return model
 
@@ -215,7 +269,10 @@ def test_strict_topology_refuses_a_model_with_uncovered_weights():
         model.build((None, 16))
         return model
 
-    with pytest.raises(ConfigError, match=r"topology/strategy=tp, shard=2: 4 weights are covered by no sharding rule.*gpt/block_0/attn/key/kernel"):
+    with pytest.raises(
+        ConfigError,
+        match=r"topology/strategy=tp, shard=2: 4 weights are covered by no sharding rule.*gpt/block_0/attn/key/kernel",
+    ):
         Topology(strategy="tp", shard=2, strict=True).distribution(build)
     distribution = Topology(strategy="tp", shard=2).distribution(build)  # not strict: replicated
     assert tuple(distribution.get_tensor_layout("gpt/block_0/attn/key/kernel").axes) == (None, None)
@@ -252,7 +309,13 @@ def test_other_backends_refuse_sharding_in_one_line(backend, theseus_cli, tmp_pa
     fields, defaults = runs.configure("gpt/train/pretrain", TINY)
     config.write_text(runs.config_text("gpt/train/pretrain", fields, defaults))
     refused = theseus_cli(
-        "run", "tp", config, tmp_path / "runs", "topology.strategy=tp", "topology.shard=2", env={"KERAS_BACKEND": backend}
+        "run",
+        "tp",
+        config,
+        tmp_path / "runs",
+        "topology.strategy=tp",
+        "topology.shard=2",
+        env={"KERAS_BACKEND": backend},
     )
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines()[-1] == (  # TensorFlow logs a few lines of its own first

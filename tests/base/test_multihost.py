@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from theseus.base import multihost
-from theseus.base import run as runs
 from theseus.base.mesh import Topology
 from theseus.config import ConfigError
+from theseus.experiments import runs
 from theseus.experiments.gpt import PretrainGPT
 from theseus.training import checkpoint as ckpt
 
@@ -23,11 +23,23 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="multi-
 
 JOB = "gpt/train/pretrain"
 TINY = {
-    "architecture/n_layer": 1, "architecture/n_embd": 32, "architecture/n_head": 4, "architecture/block_size": 32,
-    "training/batch_size": 8, "training/tokens": 20 * 8 * 32, "optimization/lr": 3e-3, "optimization/warmup": 2,
-    "logging/log_interval": 1, "logging/validation_interval": 10, "logging/validation_batches": 1,
-    "logging/checkpoint_interval": 10, "logging/keep_checkpoints": 0, "logging/progress_bar": False, "logging/plot": False,
-    "topology/strategy": "fsdp+tp", "topology/shard": 2,  # 4x2: the batch axis spans both processes
+    "architecture/n_layer": 1,
+    "architecture/n_embd": 32,
+    "architecture/n_head": 4,
+    "architecture/block_size": 32,
+    "training/batch_size": 8,
+    "training/tokens": 20 * 8 * 32,
+    "optimization/lr": 3e-3,
+    "optimization/warmup": 2,
+    "logging/log_interval": 1,
+    "logging/validation_interval": 10,
+    "logging/validation_batches": 1,
+    "logging/checkpoint_interval": 10,
+    "logging/keep_checkpoints": 0,
+    "logging/progress_bar": False,
+    "logging/plot": False,
+    "topology/strategy": "fsdp+tp",
+    "topology/shard": 2,  # 4x2: the batch axis spans both processes
 }
 
 
@@ -43,10 +55,24 @@ def launch(config, out_dir, name, *overrides, processes=2):
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes}"}
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "theseus.cli", "run", name, str(config), str(out_dir),
-             f"topology.coordinator=127.0.0.1:{port}", f"topology.num_processes={processes}", f"topology.process_id={i}",
-             *overrides],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "theseus.cli",
+                "run",
+                name,
+                str(config),
+                str(out_dir),
+                f"topology.coordinator=127.0.0.1:{port}",
+                f"topology.num_processes={processes}",
+                f"topology.process_id={i}",
+                *overrides,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            stdin=subprocess.DEVNULL,
         )
         for i in range(processes)
     ]
@@ -70,7 +96,9 @@ def rows(run_dir):
 
 def restored(run_dir, step):
     """The run's checkpoint at `step` restored in this single process, on one device."""
-    values = runs.configure(JOB, {**TINY, "topology/strategy": "dp", "topology/shard": 1, "topology/devices": 1}, require=True)[1]
+    values = runs.configure(
+        JOB, {**TINY, "topology/strategy": "dp", "topology/shard": 1, "topology/devices": 1}, require=True
+    )[1]
     job = PretrainGPT(values)
     model = job.build_model()
     job.compile(model, job.build_schedule())
@@ -94,8 +122,10 @@ def test_two_processes_train_like_one_and_their_checkpoints_cross_topologies(tmp
     resumed = tmp_path / "runs" / "resumed"
     shutil.copytree(reference, resumed)
     shutil.rmtree(ckpt.step_dir(resumed / "checkpoints", 20))
-    jobs = [launch(config, tmp_path / "runs", "two"),
-            launch(config, tmp_path / "runs", "resumed", "topology.strategy=dp", "topology.shard=1")]
+    jobs = [
+        launch(config, tmp_path / "runs", "two"),
+        launch(config, tmp_path / "runs", "resumed", "topology.strategy=dp", "topology.shard=1"),
+    ]
     for job in jobs:
         finish(job)
 
@@ -104,10 +134,16 @@ def test_two_processes_train_like_one_and_their_checkpoints_cross_topologies(tmp
     got = rows(two)
     assert [r["step"] for r in got] == [r["step"] for r in want] == [0] + list(range(1, 21))  # each row once
     np.testing.assert_allclose([r["loss"] for r in got[1:]], [r["loss"] for r in want[1:]], rtol=1e-4, atol=0)
-    np.testing.assert_allclose([r["val_loss"] for r in got if "val_loss" in r],
-                               [r["val_loss"] for r in want if "val_loss" in r], rtol=1e-4, atol=0)
+    np.testing.assert_allclose(
+        [r["val_loss"] for r in got if "val_loss" in r],
+        [r["val_loss"] for r in want if "val_loss" in r],
+        rtol=1e-4,
+        atol=0,
+    )
     assert sorted(p.name for p in (two / "checkpoints").iterdir() if p.name.startswith("step_")) == [
-        "step_00000010", "step_00000020"]
+        "step_00000010",
+        "step_00000020",
+    ]
     assert (two / "config.yaml").is_file()
 
     # 2. Their checkpoint restores in one process, on one device, with the same logits.
@@ -149,16 +185,24 @@ def test_local_batches_are_the_given_rows_of_every_batch():
 
 def test_joining_is_checked_and_must_come_before_jax_starts(monkeypatch):
     monkeypatch.setenv("KERAS_DISTRIBUTION_JOB_ADDRESSES", "127.0.0.1:1234")  # as a launcher would set it
-    with pytest.raises(ConfigError, match=r"topology/coordinator=127.0.0.1:1234 needs topology/num_processes and "
-                       r"topology/process_id \(or KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"topology/coordinator=127.0.0.1:1234 needs topology/num_processes and "
+        r"topology/process_id \(or KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID\)",
+    ):
         multihost.initialize(Topology())
     monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
     monkeypatch.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "first")
-    with pytest.raises(ConfigError, match="environment variable KERAS_DISTRIBUTION_PROCESS_ID must be an integer, got 'first'"):
+    with pytest.raises(
+        ConfigError, match="environment variable KERAS_DISTRIBUTION_PROCESS_ID must be an integer, got 'first'"
+    ):
         multihost.initialize(Topology())
     with pytest.raises(ConfigError, match=r"topology/process_id=2 must be in \[0, 2\)"):
         multihost.initialize(Topology(process_id=2))  # the config wins over the environment
     keras.distribution.list_devices()  # this process has started JAX: too late to join
-    with pytest.raises(ConfigError, match=r"cannot join the multi-host job at 127.0.0.1:1234: jax.distributed.initialize\(\) "
-                       "must be called before any JAX calls"):
+    with pytest.raises(
+        ConfigError,
+        match=r"cannot join the multi-host job at 127.0.0.1:1234: jax.distributed.initialize\(\) "
+        "must be called before any JAX calls",
+    ):
         multihost.initialize(Topology(process_id=1))

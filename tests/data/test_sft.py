@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 from theseus.config import ConfigError
 from theseus.data import ChatRows, chat_datasets, load_tokenizer
 from theseus.data.sft import read_chat_records, render_chat
-from theseus.model.models.causal_lm import IGNORE_INDEX
+from theseus.data.targets import IGNORE_INDEX
 
 TWO_TURNS = [
     {"role": "system", "content": "Be brief."},
@@ -25,7 +25,8 @@ TWO_TURNS = [
 def test_the_mask_covers_exactly_the_assistant_tokens_of_a_two_turn_chat(bpe_folder):
     ids, assistant = render_chat(load_tokenizer(str(bpe_folder)), TWO_TURNS)
     reference = AutoTokenizer.from_pretrained(str(bpe_folder)).apply_chat_template(
-        TWO_TURNS, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        TWO_TURNS, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     assert ids.tolist() == reference["input_ids"]
     assert assistant.astype(int).tolist() == reference["assistant_masks"]  # token by token
     tokenizer = AutoTokenizer.from_pretrained(str(bpe_folder))
@@ -36,19 +37,29 @@ def test_the_mask_covers_exactly_the_assistant_tokens_of_a_two_turn_chat(bpe_fol
 
 def test_prompt_response_records_are_a_user_and_an_assistant_turn(tmp_path):
     path = tmp_path / "chat.jsonl"
-    path.write_text("\n".join([
-        json.dumps({"messages": TWO_TURNS}),
-        json.dumps({"prompt": "Name a colour.", "response": "Blue.", "system": "Be brief."}),
-        "",
-        json.dumps({"prompt": "Hi", "response": "Hello"}),
-    ]))
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps({"messages": TWO_TURNS}),
+                json.dumps({"prompt": "Name a colour.", "response": "Blue.", "system": "Be brief."}),
+                "",
+                json.dumps({"prompt": "Hi", "response": "Hello"}),
+            ]
+        )
+    )
     records = read_chat_records(path)
     assert records[0] == TWO_TURNS
-    assert records[1] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."},
-                          {"role": "assistant", "content": "Blue."}]
+    assert records[1] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+    ]
     assert records[2] == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
     path.write_text(json.dumps({"question": "?", "answer": "!"}) + "\n")
-    with pytest.raises(ConfigError, match=r"line 1 of .*chat.jsonl has neither `messages` nor `prompt` and `response` \(it has \['answer', 'question'\]\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"line 1 of .*chat.jsonl has neither `messages` nor `prompt` and `response` \(it has \['answer', 'question'\]\)",
+    ):
         read_chat_records(path)
     path.write_text(json.dumps({"messages": [{"role": "user"}]}) + "\n")
     with pytest.raises(ConfigError, match="`messages` must be a list of {role, content} strings"):
@@ -99,18 +110,23 @@ def test_chat_datasets_shuffle_by_step_and_hold_out_conversations(bpe_folder, tm
         for i in range(40):
             f.write(json.dumps({"prompt": f"What is {i} + {i}?", "response": f"It is {2 * i}."}) + "\n")
     tokenizer = load_tokenizer(str(bpe_folder))
-    train, validation = chat_datasets(str(path), tokenizer, 64, 4, steps=12, seed=1, packing="padded",
-                                      validation_fraction=0.2)
+    train, validation = chat_datasets(
+        str(path), tokenizer, 64, 4, steps=12, seed=1, packing="padded", validation_fraction=0.2
+    )
     assert len(train.sources[0]) == 32 and len(validation) == 2  # 8 conversations held out
-    resumed, _ = chat_datasets(str(path), tokenizer, 64, 4, steps=4, seed=1, start_step=8, packing="padded",
-                               validation_fraction=0.2)
+    resumed, _ = chat_datasets(
+        str(path), tokenizer, 64, 4, steps=4, seed=1, start_step=8, packing="padded", validation_fraction=0.2
+    )
     for i in range(4):
         np.testing.assert_array_equal(resumed[i][1], train[8 + i][1])
     x, y = train[0]
     for row_x, row_y in zip(x, y):  # every target is an answer token: decoded, they are "It is N.<|im_end|>"
         answer = AutoTokenizer.from_pretrained(str(bpe_folder)).decode(row_y[row_y != IGNORE_INDEX])
         assert answer.startswith("It is ") and answer.endswith(".<|im_end|>")
-        assert answer in AutoTokenizer.from_pretrained(str(bpe_folder)).decode(row_x[row_x != tokenizer.eos_id]) + "<|im_end|>"
+        assert (
+            answer
+            in AutoTokenizer.from_pretrained(str(bpe_folder)).decode(row_x[row_x != tokenizer.eos_id]) + "<|im_end|>"
+        )
 
 
 @pytest.mark.slow
@@ -122,10 +138,13 @@ def test_fine_tuning_on_chat_rows_lowers_the_answer_loss(bpe_folder, tmp_path):
     path = tmp_path / "chat.jsonl"
     with open(path, "w") as f:
         for i in range(200):
-            f.write(json.dumps({"prompt": f"Repeat {i % 7}", "response": f"{i % 7} {i % 7} {i % 7}"}) + "\n")  # every 10th is held out; % 7 puts each digit on both sides
+            f.write(
+                json.dumps({"prompt": f"Repeat {i % 7}", "response": f"{i % 7} {i % 7} {i % 7}"}) + "\n"
+            )  # every 10th is held out; % 7 puts each digit on both sides
     tokenizer = load_tokenizer(str(bpe_folder))
-    train, validation = chat_datasets(str(path), tokenizer, 32, 8, steps=60, seed=0, packing="packed",
-                                      validation_fraction=0.1)
+    train, validation = chat_datasets(
+        str(path), tokenizer, 32, 8, steps=60, seed=0, packing="packed", validation_fraction=0.1
+    )
     keras.utils.set_random_seed(0)
     model = GPT(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32)
     model.compile(optimizer=keras.optimizers.AdamW(3e-3))

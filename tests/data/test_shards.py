@@ -21,7 +21,11 @@ def test_a_shard_has_its_final_name_only_once_complete(tmp_path):
     assert writer.close() == {"file": "train/00001.bin", "tokens": 1}
 
 
-def make_folder(tmp_path, tokens=(np.arange(10), np.arange(10, 15)), validation=(np.arange(3),)):
+TRAIN_SHARDS = (np.arange(10), np.arange(10, 15))
+VALIDATION_SHARDS = (np.arange(3),)
+
+
+def make_folder(tmp_path, tokens=TRAIN_SHARDS, validation=VALIDATION_SHARDS):
     splits = {}
     for split, arrays in (("train", tokens), ("validation", validation)):
         writer = ShardWriter(tmp_path, split, np.uint16)
@@ -31,10 +35,17 @@ def make_folder(tmp_path, tokens=(np.arange(10), np.arange(10, 15)), validation=
             shards.append(writer.close())
         splits[split] = {"documents": 1, "tokens": int(sum(map(len, arrays))), "shards": shards}
     tokenizer = ByteTokenizer()
-    write_metadata(tmp_path, {
-        "tokenizer": {"name": "byte", "fingerprint": tokenizer.fingerprint, "vocab_size": 257, "eos_id": 256},
-        "source": {"source": "test"}, "validation_fraction": 0.1, "documents": 2, "dtype": "uint16", "splits": splits,
-    })
+    write_metadata(
+        tmp_path,
+        {
+            "tokenizer": {"name": "byte", "fingerprint": tokenizer.fingerprint, "vocab_size": 257, "eos_id": 256},
+            "source": {"source": "test"},
+            "validation_fraction": 0.1,
+            "documents": 2,
+            "dtype": "uint16",
+            "splits": splits,
+        },
+    )
     return tmp_path
 
 
@@ -58,7 +69,9 @@ def test_missing_incomplete_damaged_or_foreign_folders_are_refused(tmp_path):
     folder = make_folder(tmp_path / "made")
     shard = folder / "train" / "00001.bin"
     shard.write_bytes(shard.read_bytes()[:-2])
-    with pytest.raises(ConfigError, match=r"token shard .*00001.bin is missing or damaged \(8 bytes, metadata says 5 tokens"):
+    with pytest.raises(
+        ConfigError, match=r"token shard .*00001.bin is missing or damaged \(8 bytes, metadata says 5 tokens"
+    ):
         TokenShards(folder).split("train")
 
     other = tmp_path / "other"
@@ -73,5 +86,8 @@ def test_shards_refuse_another_tokenizer(tmp_path, bpe_folder):
 
     shards = TokenShards(make_folder(tmp_path))
     shards.check_tokenizer(ByteTokenizer())
-    with pytest.raises(ConfigError, match="data/tokenizer: token shards in .* were made with tokenizer 'byte' .* set data/tokenizer to theirs"):
+    with pytest.raises(
+        ConfigError,
+        match="data/tokenizer: token shards in .* were made with tokenizer 'byte' .* set data/tokenizer to theirs",
+    ):
         shards.check_tokenizer(load_tokenizer(str(bpe_folder)))

@@ -39,7 +39,9 @@ def test_jsonl_plain_and_gzipped_read_the_text_field(tmp_path):
         f.write(json.dumps({"body": "three"}) + "\n")
     assert list(Source(str(plain), text_field="body").documents()) == ["one", "two ✓"]
     assert read_text_source(str(tmp_path), text_field="body") == ["one", "two ✓", "three"]
-    with pytest.raises(ConfigError, match=r"data/text_field: no field 'text' in line 1 of .*a.jsonl \(it has \['body', 'n'\]\)"):
+    with pytest.raises(
+        ConfigError, match=r"data/text_field: no field 'text' in line 1 of .*a.jsonl \(it has \['body', 'n'\]\)"
+    ):
         list(Source(str(plain)).documents())
     (tmp_path / "bad.jsonl").write_text('{"body": "ok"}\nnot json\n')
     with pytest.raises(ConfigError, match="line 2 of .*bad.jsonl is not JSON"):
@@ -53,7 +55,9 @@ def test_parquet_reads_one_document_per_row(tmp_path):
     texts = [f"row {i} " * (i % 7) for i in range(2500)]  # more than one record batch
     pq.write_table(pa.table({"body": texts, "n": list(range(2500))}), tmp_path / "t.parquet", row_group_size=700)
     assert list(Source(str(tmp_path / "t.parquet"), text_field="body").documents()) == texts
-    with pytest.raises(ConfigError, match=r"data/text_field: column 'text' not in .*t.parquet \(its columns: \['body', 'n'\]\)"):
+    with pytest.raises(
+        ConfigError, match=r"data/text_field: column 'text' not in .*t.parquet \(its columns: \['body', 'n'\]\)"
+    ):
         list(Source(str(tmp_path / "t.parquet")).documents())
 
 
@@ -66,7 +70,9 @@ def test_hugging_face_datasets_folder(tmp_path):
     both = datasets.DatasetDict({"train": single, "test": datasets.Dataset.from_dict({"text": ["z"]})})
     both.save_to_disk(str(tmp_path / "dict"))
     assert list(Source(str(tmp_path / "dict"), split="test").documents()) == ["z"]
-    with pytest.raises(ConfigError, match=r"data/split: dataset .* has no split 'validation' \(it has \['test', 'train'\]\)"):
+    with pytest.raises(
+        ConfigError, match=r"data/split: dataset .* has no split 'validation' \(it has \['test', 'train'\]\)"
+    ):
         list(Source(str(tmp_path / "dict"), split="validation").documents())
 
 
@@ -110,8 +116,12 @@ def build_tfds(tmp_path, documents):
         (notes / f"{number:04d}.txt").write_text(document)
     (tmp_path / "builder.py").write_text(textwrap.dedent(BUILDER))
     data_dir = tmp_path / "tfds"
-    subprocess.run([sys.executable, str(tmp_path / "builder.py"), str(notes), str(data_dir)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, str(tmp_path / "builder.py"), str(notes), str(data_dir)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return data_dir
 
 
@@ -130,26 +140,40 @@ def test_tfds_errors_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match=f"data/tfds_data_dir: folder {missing} does not exist"):
         Source("tfds:local_notes", tfds_data_dir=str(missing)).check()
     tmp_path.joinpath("empty").mkdir()
-    with pytest.raises(ConfigError, match=f"data/source: tfds dataset 'local_notes' not found in data/tfds_data_dir={tmp_path / 'empty'}"):
+    with pytest.raises(
+        ConfigError,
+        match=f"data/source: tfds dataset 'local_notes' not found in data/tfds_data_dir={tmp_path / 'empty'}",
+    ):
         Source("tfds:local_notes", tfds_data_dir=str(tmp_path / "empty")).check()
-    with pytest.raises(ConfigError, match="data/source: tfds dataset 'mnist' is not prepared in .*theseus never downloads"):
+    with pytest.raises(
+        ConfigError, match="data/source: tfds dataset 'mnist' is not prepared in .*theseus never downloads"
+    ):
         Source("tfds:mnist", tfds_data_dir=str(tmp_path / "empty")).check()
 
 
 @pytest.mark.slow
 def test_training_reads_a_tfds_dataset_built_from_local_files(tmp_path):
-    from theseus.base import run as runs
+    from theseus.experiments import runs
 
     data_dir = build_tfds(tmp_path, embedded_corpus())
     overrides = {
-        "data/source": "tfds:local_notes", "data/tfds_data_dir": str(data_dir),
-        "architecture/n_layer": 1, "architecture/n_embd": 64, "architecture/n_head": 2, "architecture/block_size": 64,
-        "training/batch_size": 16, "training/tokens": 16 * 64 * 40, "logging/validation_interval": 20,
-        "logging/validation_batches": 4, "logging/progress_bar": False, "logging/plot": False, "topology/devices": 1,
+        "data/source": "tfds:local_notes",
+        "data/tfds_data_dir": str(data_dir),
+        "architecture/n_layer": 1,
+        "architecture/n_embd": 64,
+        "architecture/n_head": 2,
+        "architecture/block_size": 64,
+        "training/batch_size": 16,
+        "training/tokens": 16 * 64 * 40,
+        "logging/validation_interval": 20,
+        "logging/validation_batches": 4,
+        "logging/progress_bar": False,
+        "logging/plot": False,
+        "topology/devices": 1,
     }
     fields, values = runs.configure("gpt/train/pretrain", overrides, require=True)
     job = runs.job_class("gpt/train/pretrain")(values, tmp_path / "run")
     runs.prepare_run_dir(tmp_path / "run", "gpt/train/pretrain", fields, values)
     result = job.run()
-    assert sum(len(t) for t in job.datasets(0)[0].sources[0].shards) > 300_000  # the tfds text, not a stand-in
+    assert sum(len(t) for t in job.datasets(0).train.sources[0].shards) > 300_000  # the tfds text, not a stand-in
     assert result["val_loss"] < 0.7 * result["initial_val_loss"], result

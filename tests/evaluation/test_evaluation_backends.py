@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from lm_fixtures import tiny_lm
 from support import run_command
 
@@ -35,7 +34,15 @@ def test_scores_and_completions_are_the_same_on_every_backend(backend, tmp_path)
         "generated": lm.generate([p[0] for p in PAIRS], 6),
     }
     result = run_command(
-        [sys.executable, "-c", SCRIPT, str(tmp_path / "gpt.weights.h5"), str(Path(__file__).parent), json.dumps(PAIRS), json.dumps(TEXTS)],
+        [
+            sys.executable,
+            "-c",
+            SCRIPT,
+            str(tmp_path / "gpt.weights.h5"),
+            str(Path(__file__).parent),
+            json.dumps(PAIRS),
+            json.dumps(TEXTS),
+        ],
         env={"KERAS_BACKEND": backend},
         check=True,
     )

@@ -3,8 +3,8 @@ import json
 import keras
 import numpy as np
 import pytest
-
 from lm_fixtures import ascii_gpt
+
 from theseus.data import ByteTokenizer
 from theseus.evaluation.callback import EvaluationCallback
 from theseus.evaluation.language_model import LanguageModel
@@ -14,7 +14,9 @@ from theseus.evaluation.tasks import evaluations, run_evaluations
 @pytest.mark.slow
 def test_evaluations_every_n_steps_see_the_weights_of_that_step(tmp_path):
     (tmp_path / "mc.jsonl").write_text(
-        "".join(json.dumps({"context": c, "choices": ["ab", "ba", "abab"], "gold": 0}) + "\n" for c in ["ab", "abab ab"])
+        "".join(
+            json.dumps({"context": c, "choices": ["ab", "ba", "abab"], "gold": 0}) + "\n" for c in ["ab", "abab ab"]
+        )
     )
     (tmp_path / "text.txt").write_text("abababab " * 8)
     specs = [f"multiple_choice:{tmp_path / 'mc.jsonl'}", f"perplexity:{tmp_path / 'text.txt'}"]
@@ -22,7 +24,12 @@ def test_evaluations_every_n_steps_see_the_weights_of_that_step(tmp_path):
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate=3e-3))
     tokens = np.frombuffer(b"abababab " * 60, np.uint8).astype("int32")[: 16 * 33].reshape(16, 33)
     callback = EvaluationCallback(
-        evaluations(specs), ByteTokenizer(), interval=2, total_steps=4, path=tmp_path / "evaluations.jsonl", tokens_per_step=128
+        evaluations(specs),
+        ByteTokenizer(),
+        interval=2,
+        total_steps=4,
+        path=tmp_path / "evaluations.jsonl",
+        tokens_per_step=128,
     )
     model.fit(tokens[:, :-1], tokens[:, 1:], batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=[callback])
 

@@ -1,8 +1,8 @@
 import json
 
 import pytest
-
 from lm_fixtures import tiny_lm
+
 from theseus.evaluation.exact_match import ExactMatch
 
 

@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("lm_eval")
 
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window  # noqa: E402
-
 from lm_fixtures import tiny_lm  # noqa: E402
+
 from theseus.evaluation.exact_match import ExactMatch  # noqa: E402
 from theseus.evaluation.harness import evaluate_harness  # noqa: E402
 from theseus.evaluation.multiple_choice import MultipleChoice  # noqa: E402
@@ -70,8 +70,10 @@ def test_harness_tasks_agree_with_theseus_evaluators(tmp_path):
         # longest (per-character normalisation may favour it): acc and acc_norm then differ.
         pick = min if number < 6 else max
         choice_rows.append({"context": context, "choices": choices, "gold": choices.index(pick(choices, key=len))})
-    texts = [{"text": "Rolling windows over a text longer than the forty-token context of this model."},
-             {"text": "Short one."}]
+    texts = [
+        {"text": "Rolling windows over a text longer than the forty-token context of this model."},
+        {"text": "Short one."},
+    ]
     prompts = ["Q: 1 + 1 =", "Q: colour of grass?", "Q: name?"]
     greedy = lm.generate(prompts, 8, until=("\n",))
     answer_rows = [{"prompt": p, "answer": a} for p, a in zip(prompts, [greedy[0], greedy[1] + " ", "wrong"])]
@@ -89,7 +91,9 @@ def test_harness_tasks_agree_with_theseus_evaluators(tmp_path):
     assert harness["theseus_multiple_choice"]["acc"] == pytest.approx(mine["acc"])
     assert harness["theseus_multiple_choice"]["acc_norm"] == pytest.approx(mine["acc_norm"])
     perplexity = Perplexity(str(tmp_path / "texts"))(lm)
-    assert harness["theseus_loglikelihood_rolling"]["bits_per_byte"] == pytest.approx(perplexity["bits_per_byte"], rel=1e-6)
+    assert harness["theseus_loglikelihood_rolling"]["bits_per_byte"] == pytest.approx(
+        perplexity["bits_per_byte"], rel=1e-6
+    )
     exact = ExactMatch(gen_data, until=("\n",), max_new_tokens=8)(lm)
     assert exact["exact_match"] == pytest.approx(2 / 3)
     assert harness["theseus_generate_until"]["exact_match"] == pytest.approx(exact["exact_match"])

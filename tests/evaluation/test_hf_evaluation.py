@@ -8,9 +8,8 @@ import torch
 import transformers
 from hf_checkpoints import save_checkpoint
 
-from theseus.base import run as runs
 from theseus.config import ConfigError
-from theseus.experiments import JOBS
+from theseus.experiments import JOBS, runs
 
 
 @pytest.fixture
@@ -30,8 +29,14 @@ def configure(key, **overrides):
 def test_perplexity_of_the_held_out_windows_matches_transformers(corpus, tmp_path):
     folder = save_checkpoint(tmp_path / "mistral", "mistral")
     values = configure(
-        "mistral/eval/evaluate", **{"architecture/huggingface/model": str(folder), "data/source": str(corpus),
-                                    "architecture/block_size": 16, "evaluation/batch_size": 4, "evaluation/tokens": 0},
+        "mistral/eval/evaluate",
+        **{
+            "architecture/huggingface/model": str(folder),
+            "data/source": str(corpus),
+            "architecture/block_size": 16,
+            "evaluation/batch_size": 4,
+            "evaluation/tokens": 0,
+        },
     )
     job = JOBS["mistral/eval/evaluate"](values, tmp_path / "run")
     batches = list(job.heldout())
@@ -60,6 +65,9 @@ def test_evaluation_needs_the_weights_and_a_known_task(tmp_path):
         JOBS["gpt2/eval/evaluate"](configure("gpt2/eval/evaluate", **{"architecture/huggingface/model": str(folder)}))
     folder = save_checkpoint(tmp_path / "qwen3", "qwen3")
     with pytest.raises(ConfigError, match=r"unknown evaluation 'perplexty' \(did you mean 'perplexity'\?\)"):
-        JOBS["qwen3/eval/evaluate"](configure(
-            "qwen3/eval/evaluate", **{"architecture/huggingface/model": str(folder), "evaluation/tasks": ["perplexty"]}
-        ))
+        JOBS["qwen3/eval/evaluate"](
+            configure(
+                "qwen3/eval/evaluate",
+                **{"architecture/huggingface/model": str(folder), "evaluation/tasks": ["perplexty"]},
+            )
+        )

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
-
 from lm_fixtures import hand_loglikelihood, tiny_lm
+
 from theseus.config import ConfigError
-from theseus.model.models import IGNORE_INDEX
+from theseus.data.targets import IGNORE_INDEX
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +17,11 @@ def test_loglikelihood_equals_a_hand_computation_from_the_logits(lm):
         (("The cat sat on the", " mat"), "The cat sat on the", " mat"),
         (("Trailing space ", "moves"), "Trailing space", " moves"),  # the space goes with the continuation
         (("", "no context"), None, "no context"),  # None: the EOS token stands before it
-        (("a context longer than the window, so it is cut on the left", " end"),
-         "a context longer than the window, so it is cut on the left", " end"),
+        (
+            ("a context longer than the window, so it is cut on the left", " end"),
+            "a context longer than the window, so it is cut on the left",
+            " end",
+        ),
         (("x", "y"), "x", "y"),
     ]
     got = lm.loglikelihood([pair for pair, _, _ in cases])
@@ -72,6 +75,8 @@ def test_held_out_batches_score_what_keras_evaluate_scores(lm):
     x = np.concatenate([b[0] for b in batches])
     y = np.concatenate([b[1] for b in batches])
     # Keras averages per batch, then over batches: weight each batch by its targets.
-    per_batch = [lm.model.evaluate(bx, by, verbose=0, batch_size=4) for bx, by in zip(x.reshape(2, 4, 24), y.reshape(2, 4, 24))]
+    per_batch = [
+        lm.model.evaluate(bx, by, verbose=0, batch_size=4) for bx, by in zip(x.reshape(2, 4, 24), y.reshape(2, 4, 24))
+    ]
     counts = [(by != IGNORE_INDEX).sum() for _, by in batches]
     assert -total / count == pytest.approx(np.dot(per_batch, counts) / count, rel=1e-5)

@@ -2,8 +2,8 @@ import json
 
 import numpy as np
 import pytest
-
 from lm_fixtures import hand_loglikelihood, tiny_lm
+
 from theseus.config import ConfigError
 from theseus.evaluation.multiple_choice import MultipleChoice
 
@@ -54,11 +54,16 @@ def test_accuracy_and_length_normalised_accuracy_as_the_harness_defines_them(lm,
     ]
     task = MultipleChoice(write_jsonl(tmp_path / "random.jsonl", rows), delimiter=": ")
     hand = [
-        [hand_loglikelihood(lm.model, list((row["context"] + ": " + c).encode()), len(c) + 2)[0] for c in row["choices"]]
+        [
+            hand_loglikelihood(lm.model, list((row["context"] + ": " + c).encode()), len(c) + 2)[0]
+            for c in row["choices"]
+        ]
         for row in rows
     ]
     acc = np.mean([np.argmax(h) == row["gold"] for h, row in zip(hand, rows)])
-    acc_norm = np.mean([np.argmax(np.array(h) / [len(c) for c in row["choices"]]) == row["gold"] for h, row in zip(hand, rows)])
+    acc_norm = np.mean(
+        [np.argmax(np.array(h) / [len(c) for c in row["choices"]]) == row["gold"] for h, row in zip(hand, rows)]
+    )
     assert task(lm) == {"acc": pytest.approx(acc), "acc_norm": pytest.approx(acc_norm), "n": 12}
     np.testing.assert_allclose(task.loglikelihoods(lm), hand, rtol=1e-5)
 

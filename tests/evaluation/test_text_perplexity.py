@@ -2,8 +2,8 @@ import math
 
 import numpy as np
 import pytest
-
 from lm_fixtures import hand_loglikelihood, tiny_lm
+
 from theseus.config import ConfigError
 from theseus.evaluation.text_perplexity import Perplexity
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import transformers
 
-from theseus.base import run as runs
-from theseus.experiments import JOBS
+from theseus.experiments import JOBS, runs
 from theseus.model.huggingface import HFCompat
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "tutorial.md"
 
 # The tutorial's code, exactly as users already follow it.
-MY_MODEL = '''from typing import Any, Optional
+MY_MODEL = """from typing import Any, Optional
 
 from theseus.base.axis import Axis
 from theseus.config import field
@@ -45,9 +45,9 @@ class MyHFModel(HFCompat):
     def axes(cls, x: str) -> Optional[LogicalAxes]:
         # map parameter name patterns to logical axes
         return None
-'''
+"""
 EXPORT = "from theseus.model.models.my_model import MyHFModel\n"
-EXPERIMENT = '''import optax
+EXPERIMENT = """import optax
 
 from theseus.training.huggingface import HFTrainer, HFTrainerConfig
 from theseus.evaluation.huggingface import HFEvaluator
@@ -65,19 +65,25 @@ class PretrainMyModel(HFTrainer[MyHFModel]):
     @classmethod
     def schedule(cls) -> optax._src.base.Schedule:
         return "wsd"
-'''
-REGISTER = '''from theseus.experiments.my_model import PretrainMyModel
+"""
+REGISTER = """from theseus.experiments.my_model import PretrainMyModel
 
 JOBS["my_model/train/pretrain"] = PretrainMyModel
-'''
-REGISTER_EVALUATION = '''from theseus.experiments.my_model import EvaluateMyModel
+"""
+REGISTER_EVALUATION = """from theseus.experiments.my_model import EvaluateMyModel
 
 JOBS["my_model/eval/evaluate"] = EvaluateMyModel
-'''
+"""
 SMALL = [
-    "training.tokens=6144", "training.batch_size=8", "architecture.block_size=32", "optimization.lr=0.01",
-    "logging.validation_interval=12", "logging.validation_batches=2", "logging.progress_bar=false",
-    "logging.plot=false", "logging.peak_flops=1e12",
+    "training.tokens=6144",
+    "training.batch_size=8",
+    "architecture.block_size=32",
+    "optimization.lr=0.01",
+    "logging.validation_interval=12",
+    "logging.validation_batches=2",
+    "logging.progress_bar=false",
+    "logging.plot=false",
+    "logging.peak_flops=1e12",
 ]
 
 
@@ -115,11 +121,21 @@ def test_the_tutorial_end_to_end_through_the_cli(tmp_path, theseus_cli):
 
     # step 5
     jobs = cli("jobs", check=True).stdout.splitlines()
-    assert [line.split()[0] for line in jobs if "my_model" in line] == ["my_model/eval/evaluate", "my_model/train/pretrain"]
+    assert [line.split()[0] for line in jobs if "my_model" in line] == [
+        "my_model/eval/evaluate",
+        "my_model/train/pretrain",
+    ]
     # the edited copy is what runs, and its new module may be imported first, as a script would
     where = subprocess.run(
-        [sys.executable, "-c", "from theseus.model.huggingface import HFCompat; import theseus; print(theseus.__file__)"],
-        cwd=work, env={**os.environ, **env}, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            "from theseus.model.huggingface import HFCompat; import theseus; print(theseus.__file__)",
+        ],
+        cwd=work,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
     )
     assert where.stdout.strip() == str(package / "__init__.py"), where.stderr[-2000:]
     cli("configure", "my_model/train/pretrain", "my_model.yaml", check=True)
@@ -147,8 +163,15 @@ def test_the_tutorial_end_to_end_through_the_cli(tmp_path, theseus_cli):
     model, info = transformers.AutoModelForCausalLM.from_pretrained(str(run / "hf"), output_loading_info=True)
     assert not any(info.values()), info
     # ...and evaluated by the tutorial's evaluator: its perplexity is the run's last validation
-    cli("configure", "my_model/eval/evaluate", "eval.yaml", f"architecture.huggingface.model={run / 'hf'}",
-        "architecture.block_size=32", "evaluation.tokens=512", check=True)
+    cli(
+        "configure",
+        "my_model/eval/evaluate",
+        "eval.yaml",
+        f"architecture.huggingface.model={run / 'hf'}",
+        "architecture.block_size=32",
+        "evaluation.tokens=512",
+        check=True,
+    )
     cli("run", "my-model-eval", "eval.yaml", tmp_path / "theseus", check=True)
     results = json.loads((tmp_path / "theseus" / "my-model-eval" / "results.json").read_text())["results"]
     assert results["perplexity"]["tokens"] == 512

@@ -66,13 +66,21 @@ def test_user_module_and_trainer_run_through_the_cli(theseus_cli, tmp_path):
     assert "my_model/train/pretrain  Pretrain the context-bigram toy model." in jobs
     config = tmp_path / "my_model.yaml"
     theseus_cli(
-        "configure", "my_model/train/pretrain", config, "architecture.block_size=64", "training.batch_size=8",
-        "training.tokens=40960", "optimization.lr=0.01", "logging.validation_interval=40",
-        "logging.progress_bar=false", env=env, check=True,
+        "configure",
+        "my_model/train/pretrain",
+        config,
+        "architecture.block_size=64",
+        "training.batch_size=8",
+        "training.tokens=40960",
+        "optimization.lr=0.01",
+        "logging.validation_interval=40",
+        "logging.progress_bar=false",
+        env=env,
+        check=True,
     )
     assert "n_embd: 32" in config.read_text() and "n_layer" not in config.read_text()
     theseus_cli("run", "toy", config, tmp_path / "runs", env=env, check=True)
-    rows = [json.loads(l) for l in (tmp_path / "runs/toy/metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(text) for text in (tmp_path / "runs/toy/metrics.jsonl").read_text().splitlines()]
     val = [r["val_loss"] for r in rows if "val_loss" in r]
     assert [r["step"] for r in rows if "val_loss" in r] == [0, 40, 80]
     assert val[-1] < val[0] - 1.5, val  # bytes are far from uniform: a bigram learns fast

@@ -17,13 +17,12 @@ import torch
 from hf_checkpoints import FAMILIES, VOCAB, hf_model, save_checkpoint
 from safetensors.numpy import save_file
 from safetensors.torch import load_file
+from support import needs_jax
 
 from theseus.config import ConfigError
 from theseus.model.axes import Axes
 from theseus.model.huggingface import HFCompat, LogicalAxes, save_hf
 from theseus.model.models import GPT, Llama
-from theseus.model.module import ShardingError
-from support import needs_jax
 
 LENGTH = 12
 TESTS = Path(__file__).resolve().parents[1]
@@ -83,14 +82,21 @@ def test_logits_match_transformers_with_and_without_padding(checkpoints, family)
     np.testing.assert_allclose(got[1, 4:], reference_logits(reference, ids[1:2, 4:])[0], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("family, settings", [("llama", dict(attention_bias=True, mlp_bias=True)),
-                                               ("qwen3", dict(attention_bias=True, tie_word_embeddings=True))])
+@pytest.mark.parametrize(
+    "family, settings",
+    [
+        ("llama", dict(attention_bias=True, mlp_bias=True)),
+        ("qwen3", dict(attention_bias=True, tie_word_embeddings=True)),
+    ],
+)
 def test_optional_biases_match_transformers(family, settings, tmp_path):
     reference = hf_model(family, **settings)
     reference.save_pretrained(str(tmp_path / family))
     ids, mask = token_batch()
     model = HFCompat(id=str(tmp_path / family))
-    np.testing.assert_allclose(logits(model, ids, mask)[mask], reference_logits(reference, ids, mask)[mask], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        logits(model, ids, mask)[mask], reference_logits(reference, ids, mask)[mask], atol=1e-4, rtol=0
+    )
     assert model.architecture.out_bias and model.architecture.mlp_bias == (family == "llama")
 
 
@@ -123,7 +129,9 @@ OTHER_BACKEND = textwrap.dedent(
 def test_logits_match_transformers_on_other_backends(checkpoints, backend):
     ids, mask = token_batch()
     script = OTHER_BACKEND.format(
-        tests=str(TESTS), ids=ids.tolist(), mask=mask.tolist(),
+        tests=str(TESTS),
+        ids=ids.tolist(),
+        mask=mask.tolist(),
         folders={f: str(p) for f, p in checkpoints.items()},
     )
     env = {**os.environ, "KERAS_BACKEND": backend}
@@ -158,7 +166,8 @@ def test_round_trip_is_bitwise_and_loads_in_transformers(checkpoints, family, tm
     assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (source / "tokenizer.json").read_bytes()
     ids, _ = token_batch()
     np.testing.assert_array_equal(
-        reference_logits(assert_loads_cleanly(tmp_path / "out"), ids), reference_logits(assert_loads_cleanly(source), ids)
+        reference_logits(assert_loads_cleanly(tmp_path / "out"), ids),
+        reference_logits(assert_loads_cleanly(source), ids),
     )
 
 
@@ -238,16 +247,15 @@ def test_export_refuses_to_overwrite_a_folder(checkpoints, tmp_path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_axes_cover_every_weight_of_every_family(checkpoints, family):
-    from theseus.model.convert import FAMILIES as CONVERTERS
-
-    patterns = {p: a for f in CONVERTERS.values() for p, a in f.axes.items()}
+def test_every_weight_keeps_the_axes_its_layer_declares(checkpoints, family):
+    """An HF tensor's logical axes are those of the theseus weight it fills: `axes` overrides nothing by default."""
     model = HFCompat(id=str(checkpoints[family]))
-    for name, tensor in tensors(checkpoints[family]).items():
-        axes = HFCompat.axes(name)
-        assert axes is not None and len(axes) == tensor.ndim, name
-        assert sum(re.fullmatch(p, name) is not None for p in patterns) == 1, name
-    assert all(axes is not None for axes in model.logical_axes().values())
+    native = model.family.model(**model.checkpoint.kwargs)
+    native.build((None, None))
+    assert all(HFCompat.axes(name) is None for name in tensors(checkpoints[family]))
+    ours = {path.split("/", 1)[1]: axes for path, axes in model.logical_axes().items()}
+    assert ours == native.logical_axes()
+    assert all(axes is not None for axes in ours.values())
     assert model.uncovered() == {}  # every logical axis has a sharding rule
 
 
@@ -264,8 +272,13 @@ def test_layout_on_eight_devices_follows_the_rules(checkpoints, family, tmp_path
     native = plain.family.model(**plain.checkpoint.kwargs)
     native.build((None, None))
     native_map = native.layout_map(mesh, plain.sharding)
-    expected = {"attn/query/kernel": (None, "shard"), "attn/output/kernel": ("shard", None),
-                "mlp/up/kernel": (None, "shard"), "mlp/down/kernel": ("shard", None), "wte/embeddings": (None, None)}
+    expected = {
+        "attn/query/kernel": (None, "shard"),
+        "attn/output/kernel": ("shard", None),
+        "mlp/up/kernel": (None, "shard"),
+        "mlp/down/kernel": ("shard", None),
+        "wte/embeddings": (None, None),
+    }
     for variable in plain.weights:
         below = variable.path.split("/", 1)[1]  # the same path below the model's own name
         assert tuple(layout_map[variable.path].axes) == tuple(native_map[below].axes), variable.path
@@ -287,8 +300,8 @@ def test_layout_on_eight_devices_follows_the_rules(checkpoints, family, tmp_path
 
 
 @needs_jax()
-def test_a_subclass_without_axes_replicates_and_strict_layouts_say_so(checkpoints):
-    """The tutorial's `axes` returning None: no logical axes, so every weight is replicated."""
+def test_a_subclass_whose_axes_returns_none_shards_as_the_plain_model(checkpoints):
+    """The tutorial's `axes` returning None: every weight keeps its layer's axes."""
 
     class NoAxes(HFCompat):
         @classmethod
@@ -296,26 +309,37 @@ def test_a_subclass_without_axes_replicates_and_strict_layouts_say_so(checkpoint
             return None
 
     model = NoAxes(id=str(checkpoints["llama"]))
-    assert model.name == "no_axes" and set(model.uncovered()) == {v.path for v in model.weights}
+    plain = HFCompat(id=str(checkpoints["llama"]))
+    assert model.name == "no_axes" and model.uncovered() == {}
     mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "shard"), keras.distribution.list_devices()[:8])
-    assert all(all(a is None for a in layout.axes) for layout in model.layout_map(mesh).values())
-    with pytest.raises(ShardingError, match="covered by no sharding rule"):
-        model.layout_map(mesh, strict=True)
+    ours, theirs = model.layout_map(mesh, strict=True), plain.layout_map(mesh, strict=True)
+    assert {k.split("/", 1)[1]: tuple(v.axes) for k, v in ours.items()} == {
+        k.split("/", 1)[1]: tuple(v.axes) for k, v in theirs.items()
+    }
+    assert tuple(ours["no_axes/llama/block_0/attn/query/kernel"].axes) == (None, "shard")
 
 
 @needs_jax()
-def test_axes_of_a_subclass_shape_its_weights(checkpoints):
-    class ShardEmbeddings(HFCompat):
+def test_axes_of_a_subclass_override_the_layers_transposed_with_their_tensor(checkpoints):
+    """A tuple from `axes` wins over the layer's axes, given as the checkpoint stores the tensor."""
+
+    class ShardOverrides(HFCompat):
         @classmethod
         def axes(cls, x: str) -> LogicalAxes:
-            return (Axes.VOCAB, Axes.N_EMBD) if x.endswith("embed_tokens.weight") else super().axes(x)
+            if x.endswith("embed_tokens.weight"):
+                return (Axes.VOCAB, Axes.N_EMBD)  # the layer's own
+            if x == "lm_head.weight":  # stored (vocab, width): theseus's (width, vocab) gets (n_attn, None)
+                return (None, Axes.N_ATTN)
+            return super().axes(x)
 
-    model = ShardEmbeddings(id=str(checkpoints["llama"]))
-    rules = [(Axes.VOCAB.value, "shard")] + model.sharding[1:]
+    model = ShardOverrides(id=str(checkpoints["llama"]))
+    assert model.logical_axes()["shard_overrides/llama/lm_head"] == (Axes.N_ATTN, None)
     mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "shard"), keras.distribution.list_devices()[:8])
-    layout_map = model.layout_map(mesh, rules)
-    assert tuple(layout_map["shard_embeddings/llama/wte/embeddings"].axes) == ("shard", None)
-    assert tuple(layout_map["shard_embeddings/llama/lm_head"].axes) == (None, "shard")  # transposed with its tensor
+    layout_map = model.layout_map(mesh)
+    assert tuple(layout_map["shard_overrides/llama/lm_head"].axes) == ("shard", None)  # the plain model: (None, None)
+    assert tuple(layout_map["shard_overrides/llama/wte/embeddings"].axes) == (None, None)
+    rules = [(Axes.VOCAB.value, "shard")] + model.sharding[1:]
+    assert tuple(model.layout_map(mesh, rules)["shard_overrides/llama/wte/embeddings"].axes) == ("shard", None)
 
 
 # ----------------------------------------------------------------------------- loading cost
@@ -344,16 +368,25 @@ def test_loading_streams_and_peaks_under_twice_the_checkpoint(tmp_path):
     import transformers
 
     config = transformers.LlamaConfig(
-        vocab_size=8192, hidden_size=512, intermediate_size=1024, num_hidden_layers=6,
-        num_attention_heads=8, num_key_value_heads=4,
+        vocab_size=8192,
+        hidden_size=512,
+        intermediate_size=1024,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=4,
     )
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(config).save_pretrained(str(tmp_path / "ckpt"))
     size = (tmp_path / "ckpt" / "model.safetensors").stat().st_size
     assert size > 60e6
     # a fresh process that has imported everything (and passed its import peak) before loading
-    result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tmp_path / "ckpt")], capture_output=True, text=True,
-                            timeout=600, env={**os.environ, "KERAS_BACKEND": "jax"})
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, str(tmp_path / "ckpt")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "KERAS_BACKEND": "jax"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["params"] * 4 == pytest.approx(size, rel=0.01)
@@ -371,7 +404,9 @@ def test_bad_folders_are_one_clear_error(checkpoints, tmp_path):
     bert = tmp_path / "bert"
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(ConfigError, match=r"model_type 'bert' .* not supported; supported: gpt2, llama, mistral, qwen2, qwen3"):
+    with pytest.raises(
+        ConfigError, match=r"model_type 'bert' .* not supported; supported: gpt2, llama, mistral, qwen2, qwen3"
+    ):
         HFCompat(id=str(bert))
     with pytest.raises(ConfigError, match=r"no folder \./nowhere"):
         HFCompat(id="./nowhere")
@@ -383,7 +418,10 @@ def test_a_weight_of_the_wrong_shape_is_refused_before_any_is_loaded(checkpoints
     weights = {k: v.numpy() for k, v in tensors(folder).items()}
     weights["model.layers.1.self_attn.k_proj.weight"] = np.zeros((32, 32), np.float32)
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(ConfigError, match=r"weight 'model.layers.1.self_attn.k_proj.weight' has shape \(32, 32\) but config.json implies \(16, 32\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"weight 'model.layers.1.self_attn.k_proj.weight' has shape \(32, 32\) but config.json implies \(16, 32\)",
+    ):
         HFCompat(id=str(folder))
     del weights["model.layers.1.self_attn.k_proj.weight"]
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
@@ -426,7 +464,9 @@ def test_hub_ids_resolve_through_the_local_cache_only(checkpoints, tmp_path, mon
     ids, _ = token_batch()
     model = HFCompat(id="tiny/qwen3")
     np.testing.assert_allclose(logits(model, ids), reference_logits(hf_model("qwen3"), ids), atol=1e-4, rtol=0)
-    with pytest.raises(ConfigError, match=r"'tiny/absent' is neither a folder nor in the local Hugging Face cache .* never downloads"):
+    with pytest.raises(
+        ConfigError, match=r"'tiny/absent' is neither a folder nor in the local Hugging Face cache .* never downloads"
+    ):
         HFCompat(id="tiny/absent")
 
 
@@ -447,8 +487,12 @@ def test_bad_input_through_the_cli_is_one_line_and_exit_code_2(checkpoints, tmp_
     weights = {k: v.numpy() for k, v in tensors(tmp_path / "shape").items()}
     weights["model.norm.weight"] = np.ones(16, np.float32)
     save_file(weights, str(tmp_path / "shape" / "model.safetensors"), metadata={"format": "pt"})
-    folders = {"no-config": tmp_path / "no-config", "unsupported": tmp_path / "unsupported",
-               "shape": tmp_path / "shape", "uncached": "tiny/absent"}
+    folders = {
+        "no-config": tmp_path / "no-config",
+        "unsupported": tmp_path / "unsupported",
+        "shape": tmp_path / "shape",
+        "uncached": "tiny/absent",
+    }
     env = {"HF_HUB_CACHE": str(tmp_path / "empty-cache")}
     for case, message in BAD_INPUT.items():
         config = tmp_path / f"{case}.yaml"  # every other key at its default
@@ -456,5 +500,8 @@ def test_bad_input_through_the_cli_is_one_line_and_exit_code_2(checkpoints, tmp_
         result = theseus_cli("run", case, config, tmp_path / "runs", env=env)
         assert result.returncode == 2, (case, result.stderr[-2000:])
         lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("theseus: error: ") and re.search(message, lines[0]), (case, lines)
+        assert len(lines) == 1 and lines[0].startswith("theseus: error: ") and re.search(message, lines[0]), (
+            case,
+            lines,
+        )
         assert not (tmp_path / "runs" / case).exists()

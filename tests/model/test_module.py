@@ -1,15 +1,11 @@
 import keras
-import numpy as np
 import pytest
+from support import needs_jax
 
-from theseus.base.axis import Axis
 from theseus.config import field
 from theseus.model.axes import Axes
 from theseus.model.models import GPT
-from theseus.model.module import Module, ShardingError, abstract_build, resolve_layout
-from support import needs_jax
-
-MESH = {"batch": 2, "shard": 4}
+from theseus.model.module import Module, ShardingError
 
 
 def tiny_gpt(**kwargs):
@@ -37,18 +33,6 @@ def test_every_gpt_weight_declares_logical_axes_of_its_rank():
     for variable in model.weights:
         assert axes[variable.path] is not None, variable.path
         assert len(axes[variable.path]) == len(variable.shape)
-
-
-def test_resolve_layout_follows_rules_in_order():
-    rules = [("n_embd", None), ("n_embd_ff", Axis.SHARD), ("n_embd_ff", Axis.BATCH), ("vocab", Axis.BATCH)]
-    assert resolve_layout((Axes.N_EMBD, Axes.N_EMBD_FF), (32, 128), rules, MESH) == (None, "shard")
-    # a mesh axis is used at most once per weight: the second candidate rule applies
-    assert resolve_layout((Axes.N_EMBD_FF, Axes.N_EMBD_FF), (8, 8), rules, MESH) == ("shard", "batch")
-    assert resolve_layout((Axes.VOCAB, Axes.N_EMBD), (64, 32), rules, MESH) == ("batch", None)
-    # a rule may name several mesh axes (e.g. FSDP over batch and shard)
-    assert resolve_layout((Axes.N_EMBD,), (32,), [("n_embd", ("batch", "shard"))], MESH) == (("batch", "shard"),)
-    with pytest.raises(ShardingError, match="size 6.*does not divide mesh axis shard of size 4"):
-        resolve_layout((Axes.N_EMBD_FF,), (6,), rules, MESH, "w")
 
 
 @needs_jax()
@@ -114,28 +98,6 @@ def test_strict_layout_reports_weights_no_rule_covers():
         layer.layout_map(mesh, rules, strict=True)
     # an explicit "replicate" rule is a decision, so it covers its axis
     assert layer.uncovered([("n_embd", "batch"), ("n_layer", None)]) == {"plain/w": None}
-
-
-def test_abstract_build_allocates_nothing_and_keeps_paths_for_the_real_build():
-    class Bigram(Module):
-        def build(self, input_shape):
-            self.table = self.add_weight(name="table", shape=(64, 64), axes=(Axes.VOCAB, Axes.VOCAB))
-
-        def call(self, ids):
-            return keras.ops.take(self.table, ids, axis=0)
-
-    with abstract_build():
-        abstract = Bigram()  # named automatically, as a user's module often is
-        abstract.build((None, 16))
-    assert abstract.table._value is None  # a shape and a path, no value
-    real = Bigram()
-    real.build((None, 16))
-    assert real.table.path == abstract.table.path  # the same automatic name again
-    assert tuple(real(np.zeros((1, 16), "int32")).shape) == (1, 16, 64)
-    with keras.StatelessScope():  # leaving one initialises every variable still pending...
-        pass
-    assert abstract.table._value is None  # ...but the abstract ones are no longer pending
-    assert Bigram().name != real.name  # outside the abstract build, names stay unique
 
 
 def test_weight_with_wrong_number_of_axes_is_refused():

@@ -55,10 +55,14 @@ def test_step_callbacks_count_optimizer_steps_from_the_resume_point():
     assert recorder.steps == [11, 12, 13]
 
 
-@pytest.mark.parametrize("schedule", [
-    WSD(peak_lr=1e-3, total_steps=20, warmup=3, decay=5),  # elementwise: evaluated once, on all steps
-    keras.optimizers.schedules.CosineDecay(1e-3, 20, warmup_target=2e-3, warmup_steps=3),  # one step at a time
-], ids=["wsd", "keras-cosine-with-warmup"])
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        WSD(peak_lr=1e-3, total_steps=20, warmup=3, decay=5),  # elementwise: evaluated once, on all steps
+        keras.optimizers.schedules.CosineDecay(1e-3, 20, warmup_target=2e-3, warmup_steps=3),  # one step at a time
+    ],
+    ids=["wsd", "keras-cosine-with-warmup"],
+)
 def test_the_learning_rate_of_each_step_goes_into_the_logs(schedule):
     callback = LearningRate(schedule, start_step=8, total_steps=20, micro_steps=2)
     callback.on_train_begin()

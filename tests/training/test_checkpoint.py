@@ -7,9 +7,9 @@ import h5py
 import keras
 import numpy as np
 import pytest
-
 from support import run_command
-from theseus.base import run as runs
+
+from theseus.experiments import runs
 from theseus.training import checkpoint as ckpt
 
 
@@ -93,22 +93,6 @@ def test_the_rng_state_is_saved_and_restored(tmp_path):
         ckpt.restore(checkpoint, tiny_model(dropout=0.0))
 
 
-def test_the_test_signal_hook_only_fires_at_its_point(monkeypatch):
-    import signal
-
-    received = []
-    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
-    try:
-        monkeypatch.setenv(ckpt.TEST_SIGNAL, "SIGUSR1@step:3")
-        ckpt.test_signal("step:2")
-        ckpt.test_signal("checkpoint:3")
-        assert received == []
-        ckpt.test_signal("step:3")
-        assert received == [signal.SIGUSR1]
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
-
-
 # ------------------------------------------------------------------ across backends
 
 RESTORE_AND_CONTINUE = """
@@ -116,14 +100,14 @@ import sys
 from pathlib import Path
 import keras, numpy as np
 import theseus
-from theseus.base import run as runs
+from theseus.experiments import runs
 
 run_dir, dump = Path(sys.argv[1]), sys.argv[2]
 key, fields, values = runs.read_config(run_dir / "config.yaml")
 job = runs.job_class(key)(values, run_dir)
 model = job.build_model()
 job.compile(model, job.build_schedule())
-state = job.resume(model)
+state = job.folder.resume(model, job.tuning)
 variables = [*model.variables, *model.optimizer.variables]
 np.savez(dump, step=state["step"], paths=[v.path for v in variables],
          **{f"v{i}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(variables)})
@@ -131,11 +115,21 @@ runs.launch(key, fields, values, run_dir.parent, run_dir.name)  # the same run, 
 """
 
 CROSS = {
-    "architecture/n_layer": 1, "architecture/n_embd": 32, "architecture/n_head": 2, "architecture/block_size": 32,
-    "training/batch_size": 4, "training/tokens": 4 * 32 * 8, "logging/checkpoint_interval": 4,
-    "logging/log_interval": 2, "logging/validation_interval": 4, "logging/validation_batches": 2,
-    "logging/keep_checkpoints": 0, "logging/progress_bar": False, "logging/peak_flops": 1e12,
-    "logging/plot": False, "topology/devices": 1,
+    "architecture/n_layer": 1,
+    "architecture/n_embd": 32,
+    "architecture/n_head": 2,
+    "architecture/block_size": 32,
+    "training/batch_size": 4,
+    "training/tokens": 4 * 32 * 8,
+    "logging/checkpoint_interval": 4,
+    "logging/log_interval": 2,
+    "logging/validation_interval": 4,
+    "logging/validation_batches": 2,
+    "logging/keep_checkpoints": 0,
+    "logging/progress_bar": False,
+    "logging/peak_flops": 1e12,
+    "logging/plot": False,
+    "topology/devices": 1,
 }
 
 
@@ -143,7 +137,9 @@ def weights_file(checkpoint_path):
     """Every array a checkpoint's `.weights.h5` holds (weights and optimizer variables), by key."""
     found = {}
     with h5py.File(checkpoint_path / ckpt.MODEL_FILE, "r") as f:
-        f.visititems(lambda key, item: found.__setitem__(key, np.array(item)) if isinstance(item, h5py.Dataset) else None)
+        f.visititems(
+            lambda key, item: found.__setitem__(key, np.array(item)) if isinstance(item, h5py.Dataset) else None
+        )
     return found
 
 
@@ -179,8 +175,9 @@ def test_a_jax_checkpoint_resumes_training_under(backend, jax_run, tmp_path):
     shutil.rmtree(ckpt.step_dir(run_dir / "checkpoints", 8))  # as if the JAX run died after step 4
     script = tmp_path / "continue.py"
     script.write_text(RESTORE_AND_CONTINUE)
-    result = run_command([sys.executable, str(script), str(run_dir), str(tmp_path / "dump.npz")],
-                         env={"KERAS_BACKEND": backend})
+    result = run_command(
+        [sys.executable, str(script), str(run_dir), str(tmp_path / "dump.npz")], env={"KERAS_BACKEND": backend}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     dump = np.load(tmp_path / "dump.npz")
     # every weight, optimizer slot and the step counter, exactly as JAX has them

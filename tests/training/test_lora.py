@@ -11,8 +11,14 @@ from theseus.model.models import GPT
 from theseus.training import lora
 
 WIDTH, LAYERS, HIDDEN = 64, 2, 256
-PROJECTIONS = {"query": (WIDTH, WIDTH), "key": (WIDTH, WIDTH), "value": (WIDTH, WIDTH), "output": (WIDTH, WIDTH),
-               "up": (WIDTH, HIDDEN), "down": (HIDDEN, WIDTH)}
+PROJECTIONS = {
+    "query": (WIDTH, WIDTH),
+    "key": (WIDTH, WIDTH),
+    "value": (WIDTH, WIDTH),
+    "output": (WIDTH, WIDTH),
+    "up": (WIDTH, HIDDEN),
+    "down": (HIDDEN, WIDTH),
+}
 
 
 def gpt(seed=0, width=WIDTH):
@@ -30,7 +36,9 @@ def snapshot(variables):
     return {v.path: np.array(keras.ops.convert_to_numpy(v.value)) for v in variables}
 
 
-@pytest.mark.parametrize("targets, names", [(["query", "value"], ["query", "value"]), (["attn", "mlp"], list(PROJECTIONS))])
+@pytest.mark.parametrize(
+    "targets, names", [(["query", "value"], ["query", "value"]), (["attn", "mlp"], list(PROJECTIONS))]
+)
 def test_trainable_parameters_are_the_adapters_of_the_targets(targets, names):
     model = gpt()
     rank = 4
@@ -48,7 +56,9 @@ def test_training_changes_only_adapters_and_merging_keeps_the_logits():
     base = snapshot(model.weights)
     lora.enable_lora(model, 4, 8.0, ["attn", "mlp"])
     start = model(tokens(1)[:, :-1])
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(start), keras.ops.convert_to_numpy(model(tokens(1)[:, :-1])))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(start), keras.ops.convert_to_numpy(model(tokens(1)[:, :-1]))
+    )
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     data = tokens(0, 32)
     history = model.fit(data[:, :-1], data[:, 1:], batch_size=8, epochs=3, verbose=0)
@@ -101,7 +111,9 @@ def test_freezing_options():
     assert len(model.trainable_weights) == len([v for v in model.weights if "/block_1/" in v.path])
     model = gpt()
     lora.freeze(model, trainable=["ln_", "wte"])
-    assert {v.path for v in model.trainable_weights} == {v.path for v in model.weights if "/ln_" in v.path or "wte" in v.path}
+    assert {v.path for v in model.trainable_weights} == {
+        v.path for v in model.weights if "/ln_" in v.path or "wte" in v.path
+    }
     with pytest.raises(ConfigError, match="matches no weight"):
         lora.freeze(gpt(), trainable=["nothing_like_this"])
     with pytest.raises(ConfigError, match="has 2 blocks"):

@@ -77,7 +77,12 @@ def test_zero_or_none_clipnorm_turns_clipping_off(clip):
 
 def test_each_name_builds_its_optimizer():
     adam = build_optimizer("adam", learning_rate=1e-3, beta_2=0.99, epsilon=1e-6)
-    assert isinstance(adam, keras.optimizers.Adam) and not isinstance(adam, keras.optimizers.AdamW) and adam.weight_decay is None and (adam.beta_2, adam.epsilon) == (0.99, 1e-6)
+    assert (
+        isinstance(adam, keras.optimizers.Adam)
+        and not isinstance(adam, keras.optimizers.AdamW)
+        and adam.weight_decay is None
+        and (adam.beta_2, adam.epsilon) == (0.99, 1e-6)
+    )
     sgd = build_optimizer("sgd", learning_rate=1e-3, beta_1=0.8, weight_decay=0.01)
     assert isinstance(sgd, keras.optimizers.SGD) and (sgd.momentum, sgd.weight_decay) == (0.8, 0.01)
     lion = build_optimizer("lion", learning_rate=1e-4, beta_2=0.98, gradient_accumulation_steps=4)
@@ -145,7 +150,11 @@ def test_other_backends_decay_the_same_variables(backend):
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(
         [sys.executable, "-c", program, str(Path(__file__).parent), backend],
-        env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {n: ["proj/kernel"] for n in ["adamw", "lion", "sgd"]}

@@ -30,16 +30,26 @@ def test_a_folder_without_metrics_is_not_a_run(tmp_path):
 def test_theseus_plot_on_a_folder_that_is_not_a_run(theseus_cli, tmp_path):
     result = theseus_cli("plot", tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"theseus: error: {tmp_path} is not a run folder: it has no metrics.jsonl"]
+    assert result.stderr.strip().splitlines() == [
+        f"theseus: error: {tmp_path} is not a run folder: it has no metrics.jsonl"
+    ]
 
 
 @pytest.mark.slow
 def test_the_default_job_leaves_a_plot_and_full_metrics_rows(recipe, theseus_cli, tmp_path):
     # the default job, shortened to 6 steps of its default model, data and batch
-    result = recipe("gpt/train/pretrain", "--out", tmp_path, "--training.tokens=24576", "--logging.log_interval=2",
-                    "--logging.validation_interval=3", "--logging.validation_batches=2", "--logging.progress_bar=false",
-                    "--topology.devices=1",  # one CPU device, as on a laptop (the tests fake eight)
-                    check=True)
+    result = recipe(
+        "gpt/train/pretrain",
+        "--out",
+        tmp_path,
+        "--training.tokens=24576",
+        "--logging.log_interval=2",
+        "--logging.validation_interval=3",
+        "--logging.validation_batches=2",
+        "--logging.progress_bar=false",
+        "--topology.devices=1",  # one CPU device, as on a laptop (the tests fake eight)
+        check=True,
+    )
     run_dir = tmp_path / "gpt-train-pretrain"
     assert f"run folder: {run_dir}" in result.stdout
     assert (run_dir / "metrics.png").read_bytes()[:8] == PNG

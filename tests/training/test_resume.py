@@ -11,23 +11,35 @@ import os
 import random
 import signal
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-
 from support import run_command
 from test_checkpoint import weights_file
-from theseus.base import run as runs
+
+from theseus.experiments import runs
 from theseus.training import checkpoint as ckpt
 
 STEPS = 24
 CONFIG = {
-    "architecture/n_layer": 1, "architecture/n_embd": 32, "architecture/n_head": 2, "architecture/block_size": 32,
+    "architecture/n_layer": 1,
+    "architecture/n_embd": 32,
+    "architecture/n_head": 2,
+    "architecture/block_size": 32,
     "architecture/dropout": 0.1,  # so that the RNG state must be restored too
-    "training/batch_size": 4, "training/tokens": 4 * 32 * STEPS, "training/precision": "float32",
-    "logging/checkpoint_interval": 4, "logging/log_interval": 2, "logging/validation_interval": 6,
-    "logging/validation_batches": 2, "logging/keep_checkpoints": 2, "logging/progress_bar": False,
-    "logging/peak_flops": 1e12, "logging/plot": False, "topology/devices": 1,
+    "training/batch_size": 4,
+    "training/tokens": 4 * 32 * STEPS,
+    "training/precision": "float32",
+    "logging/checkpoint_interval": 4,
+    "logging/log_interval": 2,
+    "logging/validation_interval": 6,
+    "logging/validation_batches": 2,
+    "logging/keep_checkpoints": 2,
+    "logging/progress_bar": False,
+    "logging/peak_flops": 1e12,
+    "logging/plot": False,
+    "topology/devices": 1,
 }
 TIMING = {"tokens_per_sec", "mfu"}  # the only fields allowed to differ between runs
 
@@ -38,10 +50,13 @@ def write_config(path, config=CONFIG):
     return path
 
 
-def cli_run(config, out, test_signal=None, backend=None):
-    env = {ckpt.TEST_SIGNAL: test_signal} if test_signal else {}
-    flags = ["--backend", backend] if backend else []
-    return run_command([sys.executable, "-m", "theseus.cli", *flags, "run", "dev", str(config), str(out)], env=env)
+KILL_AT = Path(__file__).with_name("kill_at.py")
+
+
+def cli_run(config, out, kill_at=None):
+    """`theseus run dev CONFIG OUT` in a subprocess; `kill_at` (SIGNAL@POINT): sending itself SIGNAL there."""
+    command = [str(KILL_AT), kill_at] if kill_at else ["-m", "theseus.cli"]
+    return run_command([sys.executable, *command, "run", "dev", str(config), str(out)])
 
 
 def assert_same_checkpoint(a, b):
@@ -107,7 +122,7 @@ def test_a_run_killed_again_and_again_ends_as_an_uninterrupted_run(tmp_path, ref
     out = tmp_path / "killed"
     run_dir = out / "dev"
     for name, point in plan:
-        attempt = cli_run(config, out, test_signal=f"{name}@{point}")
+        attempt = cli_run(config, out, kill_at=f"{name}@{point}")
         signum = signal.Signals[name]
         if signum == signal.SIGKILL:
             assert attempt.returncode == -signal.SIGKILL, (context, point, attempt.stderr[-3000:])
@@ -129,4 +144,3 @@ def test_a_run_killed_again_and_again_ends_as_an_uninterrupted_run(tmp_path, ref
     assert not list((run_dir / "checkpoints").glob(".tmp_*")), "a half-written checkpoint was left behind"
     assert_same_checkpoint(ckpt.latest(reference_dir / "checkpoints"), ckpt.latest(run_dir / "checkpoints"))
     assert_same_rows(rows(reference_dir), rows(run_dir))
-

@@ -65,7 +65,13 @@ CASES = [
         (
             "wsd",
             dict(
-                peak_lr=PEAK, total_steps=T, warmup=50, decay=0.3, decay_shape=shape, start_fraction=0.1, final_fraction=0.05
+                peak_lr=PEAK,
+                total_steps=T,
+                warmup=50,
+                decay=0.3,
+                decay_shape=shape,
+                start_fraction=0.1,
+                final_fraction=0.05,
             ),
             dict(W=50, D=300, shape=shape, start=0.1, final=0.05),
         )
@@ -73,11 +79,23 @@ CASES = [
     ],
     ("wsd", dict(peak_lr=1.0, total_steps=T, warmup=0, decay=0), dict(W=0, D=0, shape="1-sqrt")),
     ("wsd", dict(peak_lr=1.0, total_steps=T, warmup=37, decay=0), dict(W=37, D=0, shape="1-sqrt")),
-    ("wsd", dict(peak_lr=1.0, total_steps=T, warmup=0, decay=1.0, decay_shape="linear"), dict(W=0, D=T, shape="linear")),
-    ("wsd", dict(peak_lr=2.0, total_steps=T, warmup=0.4, decay=0.6, decay_shape="cosine"), dict(W=400, D=600, shape="cosine")),
+    (
+        "wsd",
+        dict(peak_lr=1.0, total_steps=T, warmup=0, decay=1.0, decay_shape="linear"),
+        dict(W=0, D=T, shape="linear"),
+    ),
+    (
+        "wsd",
+        dict(peak_lr=2.0, total_steps=T, warmup=0.4, decay=0.6, decay_shape="cosine"),
+        dict(W=400, D=600, shape="cosine"),
+    ),
     ("wsd", dict(peak_lr=1.0, total_steps=7, warmup=2, decay=3, decay_shape="1-sqrt"), dict(W=2, D=3, shape="1-sqrt")),
     ("cosine", dict(peak_lr=PEAK, total_steps=T), dict(W=10, final=0.1)),
-    ("cosine", dict(peak_lr=1.0, total_steps=T, warmup=0, start_fraction=0.2, final_fraction=0.0), dict(W=0, final=0.0)),
+    (
+        "cosine",
+        dict(peak_lr=1.0, total_steps=T, warmup=0, start_fraction=0.2, final_fraction=0.0),
+        dict(W=0, final=0.0),
+    ),
     (
         "cosine",
         dict(peak_lr=1.0, total_steps=T, warmup=100, start_fraction=0.2, final_fraction=0.3),
@@ -312,7 +330,11 @@ def test_other_backends_agree_with_jax(backend):
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(
         [sys.executable, "-c", program, str(Path(__file__).parent), backend],
-        env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     theirs = json.loads(result.stdout.strip().splitlines()[-1])
@@ -325,9 +347,11 @@ def test_other_backends_agree_with_jax(backend):
 # ------------------------------------------------------------------------------ WSD-S
 
 
-def wsds_reference(s: float, P: float, cycles: list[tuple[int, int, int, int]], start: float, final: float, shape: str) -> float:
+def wsds_reference(
+    s: float, P: float, cycles: list[tuple[int, int, int, int]], start: float, final: float, shape: str
+) -> float:
     """WSD-S by hand: `cycles` lists (start, end, warm steps, decay steps) per cycle."""
-    for index, (a, b, warm, dec) in enumerate(cycles):
+    for index, (a, b, warm, dec) in enumerate(cycles):  # noqa: B007 (the cycle found is used after the loop)
         if s < b or index == len(cycles) - 1:
             break
     warm_from = start if index == 0 else final
@@ -343,8 +367,17 @@ def wsds_reference(s: float, P: float, cycles: list[tuple[int, int, int, int]], 
 def test_wsds_cycles_match_closed_form(shape):
     from theseus.training.schedules import WSDS
 
-    schedule = WSDS(2e-3, 100, cycles=[0.4, 70], warmup=10, decay=0.25, rewarmup=5, decay_shape=shape,
-                    start_fraction=0.1, final_fraction=0.05)
+    schedule = WSDS(
+        2e-3,
+        100,
+        cycles=[0.4, 70],
+        warmup=10,
+        decay=0.25,
+        rewarmup=5,
+        decay_shape=shape,
+        start_fraction=0.1,
+        final_fraction=0.05,
+    )
     # cycle lengths 40, 30, 30: decay round(0.25 * len) = 10, 8 (7.5 rounds to even 8), 8
     layout = [(0, 40, 10, 10), (40, 70, 5, 8), (70, 100, 5, 8)]
     steps = [0, 9, 10, 29, 30, 35, 39, 40, 44, 45, 61, 62, 66, 69, 70, 74, 75, 91, 92, 99, 100]
@@ -359,7 +392,11 @@ def test_wsds_with_one_cycle_is_wsd():
     from theseus.training.schedules import WSDS
 
     one = WSDS(1e-3, 50, cycles=[], warmup=5, decay=0.3, decay_shape="cosine")
-    np.testing.assert_allclose(evaluate(one, range(51)), evaluate(WSD(1e-3, 50, warmup=5, decay=15, decay_shape="cosine"), range(51)), **tolerance(1e-3))
+    np.testing.assert_allclose(
+        evaluate(one, range(51)),
+        evaluate(WSD(1e-3, 50, warmup=5, decay=15, decay_shape="cosine"), range(51)),
+        **tolerance(1e-3),
+    )
     assert WSDS.from_config(one.get_config()).get_config() == one.get_config()
 
 

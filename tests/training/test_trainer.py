@@ -7,19 +7,28 @@ import numpy as np
 import pytest
 
 from theseus import cli
-from theseus.base import run as runs
 from theseus.config import ConfigError
-from theseus.experiments import JOBS
+from theseus.experiments import JOBS, runs
 from theseus.experiments.gpt import PretrainGPT
 from theseus.training import checkpoint as ckpt
-from theseus.training.callbacks import NonFiniteLoss, StepCallback
+from theseus.training.callbacks import NonFiniteLoss, StepCallback, flops_per_token
 
 TINY = {
-    "architecture/n_layer": 1, "architecture/n_embd": 32, "architecture/n_head": 2, "architecture/block_size": 32,
+    "architecture/n_layer": 1,
+    "architecture/n_embd": 32,
+    "architecture/n_head": 2,
+    "architecture/block_size": 32,
     "architecture/dropout": 0.1,  # a resume must restore the dropout RNG too
-    "training/batch_size": 4, "training/tokens": 4 * 32 * 12, "logging/validation_interval": 6,
-    "logging/validation_batches": 2, "logging/checkpoint_interval": 4, "logging/log_interval": 2,
-    "logging/progress_bar": False, "logging/keep_checkpoints": 0, "logging/peak_flops": 1e12, "topology/devices": 1,
+    "training/batch_size": 4,
+    "training/tokens": 4 * 32 * 12,
+    "logging/validation_interval": 6,
+    "logging/validation_batches": 2,
+    "logging/checkpoint_interval": 4,
+    "logging/log_interval": 2,
+    "logging/progress_bar": False,
+    "logging/keep_checkpoints": 0,
+    "logging/peak_flops": 1e12,
+    "topology/devices": 1,
 }
 
 
@@ -84,7 +93,6 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path, whole):
             assert rb[key] == pytest.approx(ra[key], rel=1e-6), (key, ra, rb)
 
 
-
 @pytest.mark.slow
 def test_a_corrupt_newest_checkpoint_is_skipped_with_a_warning(tmp_path, whole, caplog, capsys):
     run_dir = tmp_path / "run"
@@ -102,17 +110,25 @@ def test_a_corrupt_newest_checkpoint_is_skipped_with_a_warning(tmp_path, whole, 
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert [r["step"] for r in rows(run_dir)] == [r["step"] for r in rows(whole[0])]
 
+
 @pytest.mark.slow
 def test_metrics_rows_hold_every_field(whole):
     run_dir, job, _ = whole
     all_rows = rows(run_dir)
-    assert all_rows[0] == {"step": 0, "tokens": 0, "val_loss": all_rows[0]["val_loss"], "val_ppl": all_rows[0]["val_ppl"]}
+    assert all_rows[0] == {
+        "step": 0,
+        "tokens": 0,
+        "val_loss": all_rows[0]["val_loss"],
+        "val_ppl": all_rows[0]["val_ppl"],
+    }
     train_rows = [r for r in all_rows if "loss" in r]
     assert [r["step"] for r in train_rows] == [2, 4, 6, 8, 10, 12]
     for row in train_rows:
         assert set(row) >= {"step", "tokens", "loss", "lr", "grad_norm", "update_norm", "tokens_per_sec", "mfu"}
         assert row["tokens"] == row["step"] * 4 * 32
-        assert row["mfu"] == pytest.approx(row["tokens_per_sec"] * job.flops_per_token(job.model) / 1e12)
+        assert row["mfu"] == pytest.approx(
+            row["tokens_per_sec"] * flops_per_token(job.model, job.values, job.config.block_size) / 1e12
+        )
     assert [r["step"] for r in all_rows if "val_loss" in r] == [0, 6, 12]
     for row in all_rows:
         if "val_loss" in row:
@@ -130,15 +146,25 @@ def test_four_micro_batches_make_the_update_of_one_big_batch():
     # 3 optimizer steps of 16 sequences; a 2-step warmup, so a schedule that saw the
     # micro-batch counter would give different learning rates; clipping at 0.5 is active.
     # No dropout: four micro-batches draw other dropout masks than one batch of 16.
-    common = dict(**{"training/batch_size": 16, "training/tokens": 16 * 32 * 3, "optimization/warmup": 2,
-                     "optimization/clip_norm": 0.5, "logging/validation_interval": 100, "architecture/dropout": 0.0})
+    common = dict(
+        **{
+            "training/batch_size": 16,
+            "training/tokens": 16 * 32 * 3,
+            "optimization/warmup": 2,
+            "optimization/clip_norm": 0.5,
+            "logging/validation_interval": 100,
+            "architecture/dropout": 0.0,
+        }
+    )
     big, _ = train(**common)
     small, _ = train(**common, **{"training/micro_batch_size": 4})
     assert small.model.optimizer.gradient_accumulation_steps == 4
     assert int(small.model.optimizer.iterations) == int(big.model.optimizer.iterations) == 3
     for a, b in zip(big.model.get_weights(), small.model.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-5)
-    assert np.array(small.model.optimizer.gradient_norm) == pytest.approx(np.array(big.model.optimizer.gradient_norm), rel=1e-5)
+    assert np.array(small.model.optimizer.gradient_norm) == pytest.approx(
+        np.array(big.model.optimizer.gradient_norm), rel=1e-5
+    )
 
 
 def test_micro_batch_size_must_divide_the_batch():
@@ -162,8 +188,8 @@ class Poison(StepCallback):
 class PoisonedGPT(PretrainGPT):
     """A GPT job whose weights turn NaN after step 5."""
 
-    def callbacks(self, start_step, validation, schedule, resumed):
-        return [*super().callbacks(start_step, validation, schedule, resumed), Poison(5, start_step=start_step)]
+    def extra_callbacks(self, start_step):
+        return [Poison(5, start_step=start_step)]
 
 
 @pytest.mark.slow
@@ -271,15 +297,24 @@ def test_mfu_is_measured_against_every_device_of_the_mesh(tmp_path):
     train_rows = [r for r in rows(tmp_path / "run") if "loss" in r]
     assert len(train_rows) == 2
     for row in train_rows:  # the batch is split over 2 devices, each with a peak of 1e12 FLOP/s
-        assert row["mfu"] == pytest.approx(row["tokens_per_sec"] * job.flops_per_token(job.model) / 2e12)
+        assert row["mfu"] == pytest.approx(
+            row["tokens_per_sec"] * flops_per_token(job.model, job.values, job.config.block_size) / 2e12
+        )
 
 
 def test_the_schedule_and_its_cycles_come_from_the_config():
     from theseus.training.schedules import WSD, WSDS
 
     assert isinstance(job_for().build_schedule(), WSD)  # the trainer's own schedule() by default
-    job = job_for(**{"optimization/schedule": "wsd-s", "optimization/cycles": [6], "optimization/warmup": 0,
-                     "optimization/decay": 0.5, "optimization/lr": 1.0})
+    job = job_for(
+        **{
+            "optimization/schedule": "wsd-s",
+            "optimization/cycles": [6],
+            "optimization/warmup": 0,
+            "optimization/decay": 0.5,
+            "optimization/lr": 1.0,
+        }
+    )
     schedule = job.build_schedule()
     assert isinstance(schedule, WSDS) and schedule.cycles == [6] and job.total_steps == 12
     lrs = [float(keras.ops.convert_to_numpy(schedule(step))) for step in range(13)]

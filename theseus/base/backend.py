@@ -13,7 +13,7 @@ import dataclasses
 import importlib.util
 import os
 import sys
-from typing import Any, Optional
+from typing import Any
 
 from theseus.config import ConfigError, field, load_yaml
 
@@ -25,9 +25,9 @@ KEY = "topology/backend"
 
 @dataclasses.dataclass
 class Backend:
-    """The `topology/backend` key, which every job has (`theseus.base.run.table` adds it)."""
+    """The `topology/backend` key, which every job has (`theseus.experiments.runs.table` adds it)."""
 
-    backend: Optional[str] = field(
+    backend: str | None = field(
         KEY, default=None, help="Keras backend: jax, tensorflow or torch; null = env KERAS_BACKEND, else jax"
     )
 
@@ -36,7 +36,7 @@ class Backend:
             check(self.backend)
 
 
-def chosen(flag: Optional[str], overrides: dict[str, Any], config_path: Optional[str] = None) -> Optional[str]:
+def chosen(flag: str | None, overrides: dict[str, Any], config_path: str | None = None) -> str | None:
     """The backend a command line asks for, with `--backend` folded into `overrides` as the
     `topology/backend` override it is (so the run's config records it); an override wins
     over the config file."""
@@ -51,7 +51,7 @@ def chosen(flag: Optional[str], overrides: dict[str, Any], config_path: Optional
     return None
 
 
-def select(name: Optional[str]) -> None:
+def select(name: str | None) -> None:
     """Make `name` Keras's backend (None: keep `KERAS_BACKEND`, or jax); call before Keras loads."""
     if name is not None:
         check(name)  # a known, installed backend, and not too late to pick it
@@ -103,7 +103,7 @@ def _check_installed(name: str) -> None:
         raise ConfigError(f"backend {name!r} is not installed here (pip install {BACKENDS[name]})")
 
 
-def _running() -> Optional[str]:
+def _running() -> str | None:
     """The backend of an already imported Keras, else None."""
     if "keras" not in sys.modules:
         return None

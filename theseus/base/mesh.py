@@ -3,7 +3,7 @@
 Every theseus mesh has the axes `("batch", "shard")` (`Axis`): `topology/shard` devices
 split weights (tensor parallelism), the rest split the batch. A strategy does not touch
 model code: it turns the model's `sharding` rules into the rules applied (`strategy_rules`),
-`Module.layout_map` turns those into a Keras `LayoutMap`, and training runs under Keras's
+`theseus.base.sharding` turns those into a Keras `LayoutMap`, and training runs under Keras's
 own `DataParallel` or `ModelParallel`.
 """
 
@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import keras
 
 from theseus.base import multihost
 from theseus.base.axis import MESH_AXES, Axis
+from theseus.base.sharding import Shardable, ShardingError, ShardingRules, abstract_build
 from theseus.config import ConfigError, field
-from theseus.model.axes import Axes
-from theseus.model.module import Module, ShardingError, ShardingRules, abstract_build
 
 
 class Strategy(str, enum.Enum):
@@ -42,18 +41,15 @@ class Strategy(str, enum.Enum):
         return self.value
 
 
-FSDP_RULES: ShardingRules = [(Axes.N_EMBD.value, Axis.BATCH)]
-"""What fully-sharded strategies put ahead of the model's rules: every weight with a
-residual-width dimension (all matrices, embeddings and norms of a transformer) keeps
-1/batch of it per device, and so do its optimizer slots, which follow their variable."""
-
-
-def strategy_rules(strategy: Strategy, model_rules: ShardingRules) -> ShardingRules:
-    """The rules `strategy` applies: FSDP's first, then the model's own, whose targets are
-    kept under tensor parallelism and replaced by None (replicate) otherwise, so that
-    what they cover stays covered."""
+def strategy_rules(strategy: Strategy, model_rules: ShardingRules, fsdp_axis: str) -> ShardingRules:
+    """The rules `strategy` applies. Fully-sharded strategies first split the model's
+    `fsdp_axis` (a transformer's residual width: in every matrix, embedding and norm) over
+    `batch`, so each device keeps 1/batch of those weights and of their optimizer slots,
+    which follow their variable. Then the model's own rules, whose targets are kept under
+    tensor parallelism and replaced by None (replicate) otherwise, so that what they cover
+    stays covered."""
     strategy = Strategy(strategy)
-    rules = list(FSDP_RULES) if strategy.fully_sharded else []
+    rules: ShardingRules = [(fsdp_axis, Axis.BATCH)] if strategy.fully_sharded else []
     rules += [(logical, target if strategy.tensor_parallel else None) for logical, target in model_rules]
     return rules
 
@@ -62,17 +58,31 @@ def strategy_rules(strategy: Strategy, model_rules: ShardingRules) -> ShardingRu
 class Topology:
     """The `topology:` section of a job: devices, strategy and (multi-host) processes."""
 
-    strategy: Strategy = field("topology/strategy", default=Strategy.DP, help="dp, tp, fsdp or fsdp+tp (docs/sharding.md)")
-    shard: int = field("topology/shard", default=1, help="devices on the shard (tensor-parallel) axis; the rest form the batch axis")
+    strategy: Strategy = field(
+        "topology/strategy", default=Strategy.DP, help="dp, tp, fsdp or fsdp+tp (docs/sharding.md)"
+    )
+    shard: int = field(
+        "topology/shard", default=1, help="devices on the shard (tensor-parallel) axis; the rest form the batch axis"
+    )
     devices: int = field("topology/devices", default=0, help="devices in the mesh; 0 = all of them (every process's)")
-    strict: bool = field("topology/strict", default=False, help="refuse to replicate a weight that no sharding rule covers")
+    strict: bool = field(
+        "topology/strict", default=False, help="refuse to replicate a weight that no sharding rule covers"
+    )
     coordinator: str = field(
         "topology/coordinator",
         default="",
         help="multi-host: host:port of process 0, or auto (JAX finds the cluster); '' = env KERAS_DISTRIBUTION_JOB_ADDRESSES or one process",
     )
-    num_processes: Optional[int] = field("topology/num_processes", default=None, help="multi-host: processes in the job; null = env KERAS_DISTRIBUTION_NUM_PROCESSES")
-    process_id: Optional[int] = field("topology/process_id", default=None, help="multi-host: this process (0 writes the run folder); null = env KERAS_DISTRIBUTION_PROCESS_ID")
+    num_processes: int | None = field(
+        "topology/num_processes",
+        default=None,
+        help="multi-host: processes in the job; null = env KERAS_DISTRIBUTION_NUM_PROCESSES",
+    )
+    process_id: int | None = field(
+        "topology/process_id",
+        default=None,
+        help="multi-host: this process (0 writes the run folder); null = env KERAS_DISTRIBUTION_PROCESS_ID",
+    )
 
     def __post_init__(self) -> None:
         try:
@@ -82,17 +92,22 @@ class Topology:
                 f"config key 'topology/strategy' must be one of {[s.value for s in Strategy]}, got {self.strategy!r}"
             ) from None
         if self.shard < 1 or self.devices < 0:
-            raise ConfigError(f"topology/shard must be >= 1 and topology/devices >= 0, got {self.shard} and {self.devices}")
+            raise ConfigError(
+                f"topology/shard must be >= 1 and topology/devices >= 0, got {self.shard} and {self.devices}"
+            )
         if self.strategy.tensor_parallel and self.shard == 1:
-            raise ConfigError(f"topology/strategy={self.strategy} splits weights over the shard axis: set topology/shard > 1")
+            raise ConfigError(
+                f"topology/strategy={self.strategy} splits weights over the shard axis: set topology/shard > 1"
+            )
         if not self.strategy.tensor_parallel and self.shard > 1:
             raise ConfigError(
                 f"topology/strategy={self.strategy} leaves the shard axis unused: set topology/shard=1, "
                 f"or pick {'fsdp+tp' if self.strategy.fully_sharded else 'tp'}"
             )
 
-    def rules(self, model_rules: ShardingRules) -> ShardingRules:
-        return strategy_rules(self.strategy, model_rules)
+    def rules(self, model: Shardable) -> ShardingRules:
+        """The rules this topology shards `model` with."""
+        return strategy_rules(self.strategy, model.sharding, model.fsdp_axis)
 
     def mesh(self) -> keras.distribution.DeviceMesh:
         """The `(batch, shard)` mesh over the first `devices` devices (JAX only)."""
@@ -101,17 +116,19 @@ class Topology:
         if count > len(available):
             raise ConfigError(f"topology/devices={count} but only {len(available)} devices are visible")
         if multihost.process_count() > 1 and count != len(available):
-            raise ConfigError(f"topology/devices={count}: a multi-host mesh spans all {len(available)} devices of the job")
+            raise ConfigError(
+                f"topology/devices={count}: a multi-host mesh spans all {len(available)} devices of the job"
+            )
         if count % self.shard:
             raise ConfigError(f"topology/shard={self.shard} does not divide the {count} devices of the mesh")
         return keras.distribution.DeviceMesh((count // self.shard, self.shard), MESH_AXES, available[:count])
 
     def validate(
         self,
-        batch_size: Optional[int] = None,
+        batch_size: int | None = None,
         batch_key: str = "training/batch_size",
-        build_model: Optional[Callable[[], Module]] = None,
-    ) -> Optional[keras.distribution.DeviceMesh]:
+        build_model: Callable[[], Shardable] | None = None,
+    ) -> keras.distribution.DeviceMesh | None:
         """Join the multi-host job, if the topology describes one, and check the topology
         against the devices, the global `batch_size` (the config key `batch_key`, for the
         message) and, given `build_model`, the model's weights; the mesh, or None off JAX.
@@ -134,8 +151,8 @@ class Topology:
         return mesh
 
     def layout_map(
-        self, build_model: Callable[[], Module], mesh: keras.distribution.DeviceMesh
-    ) -> Optional[keras.distribution.LayoutMap]:
+        self, build_model: Callable[[], Shardable], mesh: keras.distribution.DeviceMesh
+    ) -> keras.distribution.LayoutMap | None:
         """Where the strategy puts each weight of the model `build_model()` makes (built
         abstractly: no memory); None under `dp`, which replicates every weight."""
         if self.strategy is Strategy.DP:
@@ -143,13 +160,13 @@ class Topology:
         with abstract_build():
             model = build_model()
         try:
-            return model.layout_map(mesh, self.rules(model.sharding), strict=self.strict)
+            return model.layout_map(mesh, self.rules(model), strict=self.strict)
         except ShardingError as error:  # a weight the topology cannot split: the config's problem
             raise ConfigError(f"topology/strategy={self.strategy}, shard={self.shard}: {error}") from None
 
     def distribution(
-        self, build_model: Callable[[], Module], batch_size: Optional[int] = None
-    ) -> Optional[keras.distribution.Distribution]:
+        self, build_model: Callable[[], Shardable], batch_size: int | None = None
+    ) -> keras.distribution.Distribution | None:
         """The Keras distribution to build and train under; None for plain one-device training.
 
         For a sharding strategy `build_model()` is called inside `abstract_build()` to learn
@@ -201,6 +218,8 @@ def check_placement(model: keras.Model) -> None:
             wrong.append(f"{variable.path} is {got}, its layout map says {want}")
     if wrong:
         raise ShardingError(
-            f"{len(wrong)} weights are not where the layout map puts them: " + "; ".join(wrong[:3])
-            + (" ..." if len(wrong) > 3 else "") + " (do the model's layers have stable, explicit names?)"
+            f"{len(wrong)} weights are not where the layout map puts them: "
+            + "; ".join(wrong[:3])
+            + (" ..." if len(wrong) > 3 else "")
+            + " (do the model's layers have stable, explicit names?)"
         )

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import keras
 
@@ -20,7 +21,7 @@ from theseus.config import ConfigError
 _ENV_ADDRESSES = "KERAS_DISTRIBUTION_JOB_ADDRESSES"
 _ENV_PROCESSES = "KERAS_DISTRIBUTION_NUM_PROCESSES"
 _ENV_PROCESS_ID = "KERAS_DISTRIBUTION_PROCESS_ID"
-_joined: Optional[tuple] = None  # the (coordinator, processes, id) this process joined
+_joined: tuple | None = None  # the (coordinator, processes, id) this process joined
 
 
 def initialize(topology: Any) -> None:
@@ -62,7 +63,7 @@ def initialize(topology: Any) -> None:
     _joined = job
 
 
-def _env_int(name: str) -> Optional[int]:
+def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
     if value is None:
         return None
@@ -105,7 +106,7 @@ def sync(name: str) -> None:
 # ----------------------------------------------------------------------------- data
 
 
-def local_rows(global_batch: int, distribution: Optional[keras.distribution.Distribution] = None) -> slice:
+def local_rows(global_batch: int, distribution: keras.distribution.Distribution | None = None) -> slice:
     """The rows of a global batch that this process's devices hold, hence must feed.
 
     Keras's JAX trainer builds the global batch from each process's rows
@@ -117,7 +118,9 @@ def local_rows(global_batch: int, distribution: Optional[keras.distribution.Dist
     if distribution is None or process_count() == 1:
         return slice(0, global_batch)
     sharding = distribution.get_data_layout((global_batch,)).backend_layout
-    spans = sorted({s.indices(global_batch)[:2] for (s,) in sharding.addressable_devices_indices_map((global_batch,)).values()})
+    spans = sorted(
+        {s.indices(global_batch)[:2] for (s,) in sharding.addressable_devices_indices_map((global_batch,)).values()}
+    )
     start, stop = spans[0]
     for lo, hi in spans[1:]:
         if lo > stop:
@@ -185,6 +188,10 @@ def model_state(model: keras.Model) -> list[keras.Variable]:
     """Every variable a checkpoint of `model` holds: its own, its optimizer's, its metrics'."""
     optimizer = getattr(model, "optimizer", None)
     found: dict[int, keras.Variable] = {}
-    for variable in [*model.variables, *(optimizer.variables if optimizer is not None else []), *model.metrics_variables]:
+    for variable in [
+        *model.variables,
+        *(optimizer.variables if optimizer is not None else []),
+        *model.metrics_variables,
+    ]:
         found.setdefault(id(variable), variable)
     return list(found.values())

@@ -1,18 +1,18 @@
 """The `data/...` config keys, and from them the token streams a trainer feeds its loaders.
 
-    data:
-      source: runs/tok-web            # or: embedded, a file/folder, tfds:NAME
-      tokenizer: tokenizers/bpe-32k   # 'byte' or a Hugging Face tokenizer folder
-      mixture:                        # optional; replaces `source`
-        - {source: runs/tok-web, weight: 0.7}
-        - {source: runs/tok-code, weight: 0.3}
+data:
+  source: runs/tok-web            # or: embedded, a file/folder, tfds:NAME
+  tokenizer: tokenizers/bpe-32k   # 'byte' or a Hugging Face tokenizer folder
+  mixture:                        # optional; replaces `source`
+    - {source: runs/tok-web, weight: 0.7}
+    - {source: runs/tok-code, weight: 0.3}
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -27,20 +27,36 @@ class SourceConfig:
     """One document source and its tokenizer: what `data/tokenize` and training both read."""
 
     source: str = field(
-        "data/source", default="embedded",
+        "data/source",
+        default="embedded",
         help="'embedded' (Python's docs), a .txt/.md/.jsonl/.parquet file or folder, tfds:NAME, "
         "or a token-shard folder made by data/tokenize",
     )
-    text_field: str = field("data/text_field", default="text", help="the field holding the text in JSONL, Parquet, tfds and datasets records")
-    split: str = field("data/split", default="train", help="the split read from a tfds dataset or a saved Hugging Face DatasetDict")
-    tfds_data_dir: str = field("data/tfds_data_dir", default="", help="where tfds:NAME is already prepared ('' = tfds's default); nothing is downloaded")
-    tokenizer: str = field("data/tokenizer", default="byte", help="'byte' or a Hugging Face tokenizer folder; token shards must have been made with it")
+    text_field: str = field(
+        "data/text_field",
+        default="text",
+        help="the field holding the text in JSONL, Parquet, tfds and datasets records",
+    )
+    split: str = field(
+        "data/split", default="train", help="the split read from a tfds dataset or a saved Hugging Face DatasetDict"
+    )
+    tfds_data_dir: str = field(
+        "data/tfds_data_dir",
+        default="",
+        help="where tfds:NAME is already prepared ('' = tfds's default); nothing is downloaded",
+    )
+    tokenizer: str = field(
+        "data/tokenizer",
+        default="byte",
+        help="'byte' or a Hugging Face tokenizer folder; token shards must have been made with it",
+    )
     validation_fraction: float = field(
-        "data/validation_fraction", default=0.05,
+        "data/validation_fraction",
+        default=0.05,
         help="share held out for validation: of windows of a text source, of documents in data/tokenize",
     )
 
-    def reader(self, source: Optional[str] = None) -> Source:
+    def reader(self, source: str | None = None) -> Source:
         """How to read `source` (default: `data/source`) with these settings."""
         return Source(source or self.source, self.text_field, self.split, self.tfds_data_dir)
 
@@ -50,7 +66,8 @@ class DataConfig(SourceConfig):
     """Training data: one source, or a weighted mixture of several."""
 
     mixture: list[dict] = field(
-        "data/mixture", default_factory=list,
+        "data/mixture",
+        default_factory=list,
         help="[{source: ..., weight: 0.7}, ...]: sources (text or token shards) mixed by weight; replaces data/source",
     )
 

@@ -12,8 +12,9 @@ uninterrupted run would, and the checkpoint's step is the whole loader position.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Protocol
 
 import keras
 import numpy as np
@@ -115,7 +116,7 @@ def mixture_items(index: np.ndarray, weights: Sequence[float]) -> tuple[np.ndarr
     return source, item
 
 
-def _sources(tokens: Any, block_size: int, weights: Optional[Sequence[float]]) -> tuple[list[Examples], list[float]]:
+def _sources(tokens: Any, block_size: int, weights: Sequence[float] | None) -> tuple[list[Examples], list[float]]:
     """Normalise the loaders' `tokens` / `weights` arguments to (sources, weights)."""
     if weights is None:
         streams, weights = [tokens], [1.0]
@@ -157,7 +158,7 @@ class TokenWindows(keras.utils.PyDataset):
         seed: int = 0,
         start_step: int = 0,
         *,
-        weights: Optional[Sequence[float]] = None,
+        weights: Sequence[float] | None = None,
         prefetch: int = 8,
     ):
         super().__init__()
@@ -171,7 +172,7 @@ class TokenWindows(keras.utils.PyDataset):
         self.steps, self.seed, self.start_step = steps, seed, start_step
         self.prefetch = prefetch
         self._orders: dict[tuple[int, int], Permutation] = {}
-        self._prefetcher: Optional[_Prefetcher] = None
+        self._prefetcher: _Prefetcher | None = None
 
     def __len__(self) -> int:
         return self.steps
@@ -264,7 +265,7 @@ class ValidationWindows(keras.utils.PyDataset):
         batch_size: int,
         max_batches: int | None = None,
         *,
-        weights: Optional[Sequence[float]] = None,
+        weights: Sequence[float] | None = None,
     ):
         super().__init__()
         sources, weights = _sources(tokens, block_size, weights)
@@ -311,6 +312,7 @@ def mixture_counts(n: int, weights: Sequence[float]) -> list[int]:
 
 def _full_batches(sources: Sequence[Examples], weights: Sequence[float], batch_size: int) -> int:
     """The most batches that read no validation window twice."""
+
     def fits(n: int) -> bool:
         return all(c <= len(s) for c, s in zip(mixture_counts(n * batch_size, weights), sources))
 

@@ -8,7 +8,7 @@ It is a bijection for every key, so one pass over the data sees every item exact
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -20,15 +20,16 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
 from theseus.config import ConfigError, field
 from theseus.data.loader import TokenWindows, ValidationWindows
+from theseus.data.targets import IGNORE_INDEX
 from theseus.data.tokenize import is_validation
-from theseus.model.models.causal_lm import IGNORE_INDEX
 
 
 @dataclasses.dataclass
@@ -37,7 +38,8 @@ class ChatDataConfig:
     `data/source` and `data/tokenizer`)."""
 
     packing: Literal["packed", "padded"] = field(
-        "data/packing", default="packed",
+        "data/packing",
+        default="packed",
         help="packed: conversations end to end in full rows; padded: one conversation per row, cut at block_size",
     )
 
@@ -65,15 +67,23 @@ def _messages(line: str, where: str) -> list[dict[str, str]]:
         raise ConfigError(f"data/source: {where} is not JSON: {error}") from None
     if isinstance(record, dict) and "messages" in record:
         messages = record["messages"]
-        ok = isinstance(messages, list) and messages and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
+        ok = (
+            isinstance(messages, list)
+            and messages
+            and all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages
+            )
         )
         if not ok:
             raise ConfigError(f"data/source: {where}: `messages` must be a list of {{role, content}} strings")
         return [{"role": m["role"], "content": m["content"]} for m in messages]
     if isinstance(record, dict) and isinstance(record.get("prompt"), str) and isinstance(record.get("response"), str):
         system = [{"role": "system", "content": record["system"]}] if isinstance(record.get("system"), str) else []
-        return system + [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["response"]}]
+        return system + [
+            {"role": "user", "content": record["prompt"]},
+            {"role": "assistant", "content": record["response"]},
+        ]
     keys = sorted(record) if isinstance(record, dict) else type(record).__name__
     raise ConfigError(f"data/source: {where} has neither `messages` nor `prompt` and `response` (it has {keys})")
 
@@ -91,7 +101,9 @@ def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[np.ndar
             "Hugging Face tokenizer folder whose tokenizer_config.json (or chat_template.jinja) has one"
         )
     if not getattr(hf, "is_fast", False):
-        raise ConfigError(f"data/tokenizer {tokenizer.name!r} is not a fast tokenizer (no tokenizer.json): assistant tokens need its offsets")
+        raise ConfigError(
+            f"data/tokenizer {tokenizer.name!r} is not a fast tokenizer (no tokenizer.json): assistant tokens need its offsets"
+        )
 
     def render(part: list[dict[str, str]], prompt: bool = False) -> str:
         return hf.apply_chat_template(part, tokenize=False, add_generation_prompt=prompt)
@@ -129,8 +141,13 @@ class ChatRows:
         pad_id: the id filling padded rows (its targets are `IGNORE_INDEX`).
     """
 
-    def __init__(self, conversations: Sequence[tuple[np.ndarray, np.ndarray]], block_size: int,
-                 packing: str = "packed", pad_id: int = 0):
+    def __init__(
+        self,
+        conversations: Sequence[tuple[np.ndarray, np.ndarray]],
+        block_size: int,
+        packing: str = "packed",
+        pad_id: int = 0,
+    ):
         if packing not in ("packed", "padded"):
             raise ConfigError(f"data/packing must be packed or padded, got {packing!r}")
         width = block_size + 1
@@ -170,7 +187,7 @@ def chat_datasets(
     start_step: int = 0,
     packing: str = "packed",
     validation_fraction: float = 0.05,
-    validation_batches: Optional[int] = None,
+    validation_batches: int | None = None,
 ) -> tuple[TokenWindows, ValidationWindows]:
     """Fine-tuning batches from a chat JSONL file: shuffled training rows from `start_step`
     on (a pure function of seed and step, as for pretraining) and fixed validation rows;

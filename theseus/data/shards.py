@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -61,7 +61,7 @@ class ShardWriter:
         self._file.write(np.ascontiguousarray(ids, dtype=self.dtype.newbyteorder("<")).tobytes())
         self.tokens += len(ids)
 
-    def close(self) -> Optional[dict[str, Any]]:
+    def close(self) -> dict[str, Any] | None:
         """Make the open shard final; its entry for the metadata (None if it was empty)."""
         if self._file is None:
             return None

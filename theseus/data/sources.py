@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from theseus.config import ConfigError
 from theseus.data.corpus import EMBEDDED, embedded_corpus
@@ -59,9 +59,7 @@ class Source:
             if _is_hf_dataset(path):
                 return
             if not _files(path):
-                raise ConfigError(
-                    f"data/source: no {', '.join(TEXT_SUFFIXES + RECORD_SUFFIXES)} files under {path}"
-                )
+                raise ConfigError(f"data/source: no {', '.join(TEXT_SUFFIXES + RECORD_SUFFIXES)} files under {path}")
         elif not path.is_file():
             raise ConfigError(f"data/source: data source not found: {self.source}")
 
@@ -118,7 +116,9 @@ class Source:
         if isinstance(value, bytes):
             return value.decode("utf-8", errors="replace")
         if not isinstance(value, str):
-            raise ConfigError(f"data/text_field: field {self.text_field!r} in {where} is {type(value).__name__}, not text")
+            raise ConfigError(
+                f"data/text_field: field {self.text_field!r} in {where} is {type(value).__name__}, not text"
+            )
         return value
 
     # ------------------------------------------------------------------ tfds
@@ -130,7 +130,9 @@ class Source:
         data_dir = self.tfds_data_dir or None
         where = f"data/tfds_data_dir={self.tfds_data_dir}" if data_dir else "tfds's default data_dir"
         if data_dir is not None and not Path(data_dir).expanduser().is_dir():
-            raise ConfigError(f"data/tfds_data_dir: folder {self.tfds_data_dir} does not exist (needed by data/source={self.source})")
+            raise ConfigError(
+                f"data/tfds_data_dir: folder {self.tfds_data_dir} does not exist (needed by data/source={self.source})"
+            )
         try:
             builder = tfds.builder(name, data_dir=data_dir)
         except (tfds.core.registered.DatasetNotFoundError, ValueError) as error:
@@ -142,7 +144,9 @@ class Source:
                 "(theseus never downloads: prepare it there first)"
             )
         if self.split not in builder.info.splits:
-            raise ConfigError(f"data/split: tfds dataset {name!r} has no split {self.split!r} (it has {sorted(builder.info.splits)})")
+            raise ConfigError(
+                f"data/split: tfds dataset {name!r} has no split {self.split!r} (it has {sorted(builder.info.splits)})"
+            )
         return builder
 
     def _tfds_documents(self) -> Iterator[str]:
@@ -165,14 +169,18 @@ class Source:
         try:
             import datasets
         except ImportError:
-            raise ConfigError(f"data/source: {path} is a Hugging Face dataset; reading it needs `pip install datasets`") from None
+            raise ConfigError(
+                f"data/source: {path} is a Hugging Face dataset; reading it needs `pip install datasets`"
+            ) from None
         data = datasets.load_from_disk(str(path))
         if isinstance(data, datasets.DatasetDict):
             if self.split not in data:
                 raise ConfigError(f"data/split: dataset {path} has no split {self.split!r} (it has {sorted(data)})")
             data = data[self.split]
         if self.text_field not in data.column_names:
-            raise ConfigError(f"data/text_field: column {self.text_field!r} not in {path} (its columns: {data.column_names})")
+            raise ConfigError(
+                f"data/text_field: column {self.text_field!r} not in {path} (its columns: {data.column_names})"
+            )
         column = data.select_columns([self.text_field])
         for start in range(0, len(column), 1024):
             for value in column[start : start + 1024][self.text_field]:

@@ -22,8 +22,9 @@ import multiprocessing
 import os
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -110,6 +111,20 @@ class _State:
         default_factory=lambda: {s: {"documents": 0, "tokens": 0, "shards": []} for s in SPLITS}
     )
 
+    @classmethod
+    def of(cls, source: Source, tokenizer: Any, validation_fraction: float) -> _State:
+        """The state of a job that has written nothing yet."""
+        return cls(
+            tokenizer={
+                "name": tokenizer.name,
+                "fingerprint": tokenizer.fingerprint,
+                "vocab_size": int(tokenizer.vocab_size),
+                "eos_id": int(tokenizer.eos_id),
+            },
+            source=dataclasses.asdict(source),
+            validation_fraction=float(validation_fraction),
+        )
+
     def same_job(self, other: dict[str, Any], folder: Path) -> None:
         if other["tokenizer"]["fingerprint"] != self.tokenizer["fingerprint"]:
             raise ConfigError(
@@ -123,6 +138,15 @@ class _State:
                 f"data/source: {folder} holds shards of {other['source']} (validation_fraction "
                 f"{other['validation_fraction']}), not of {self.source}: use another folder"
             )
+
+    def resume(self, folder: Path) -> None:
+        """Carry on from a killed job's `progress.json`, if there is one, deleting what it wrote after."""
+        if (folder / PROGRESS).is_file():
+            saved = json.loads((folder / PROGRESS).read_text())
+            self.same_job(saved, folder)
+            self.documents, self.splits = saved["documents"], saved["splits"]
+            print(f"resuming the tokenization in {folder} after {self.documents:,} documents", flush=True)
+        _remove_unfinished(folder, self)
 
 
 def tokenize_to_shards(
@@ -148,74 +172,85 @@ def tokenize_to_shards(
         progress: show a progress bar with tokens per second.
     """
     folder = Path(folder)
-    state = _State(
-        tokenizer={
-            "name": tokenizer.name,
-            "fingerprint": tokenizer.fingerprint,
-            "vocab_size": int(tokenizer.vocab_size),
-            "eos_id": int(tokenizer.eos_id),
-        },
-        source=dataclasses.asdict(source),
-        validation_fraction=float(validation_fraction),
-    )
+    state = _State.of(source, tokenizer, validation_fraction)
     if (folder / METADATA).is_file():
         done = TokenShards(folder).metadata
         state.same_job(done, folder)
         print(f"token shards in {folder} are already complete", flush=True)
         return _summary(folder, done, 0.0)
-    if (folder / PROGRESS).is_file():
-        saved = json.loads((folder / PROGRESS).read_text())
-        state.same_job(saved, folder)
-        state.documents, state.splits = saved["documents"], saved["splits"]
-        print(f"resuming the tokenization in {folder} after {state.documents:,} documents", flush=True)
-    _remove_unfinished(folder, state)
-
-    dtype = np.dtype(tokenizer.dtype)
-    writers = {s: ShardWriter(folder, s, dtype, first=len(state.splits[s]["shards"])) for s in SPLITS}
-
-    def commit() -> None:
-        for split, writer in writers.items():
-            entry = writer.close()
-            if entry is not None:
-                state.splits[split]["shards"].append(entry)
-        write_atomic(folder / PROGRESS, json.dumps(dataclasses.asdict(state), indent=1) + "\n")
-
-    folder.mkdir(parents=True, exist_ok=True)
-    commit()  # a folder with progress.json is a shard folder, even before its first shard
+    state.resume(folder)
+    shards = _OpenShards(folder, state, np.dtype(tokenizer.dtype))
     if not workers:  # bytes cost less to encode than to hand to another process
         workers = 1 if isinstance(tokenizer, ByteTokenizer) else os.cpu_count() or 1
+    began = time.perf_counter()
+    written = _encode_into(shards, source, tokenizer, workers, shard_tokens, progress)
+    seconds = time.perf_counter() - began
+    shards.finish()
+    return _summary(folder, TokenShards(folder).metadata, written / max(seconds, 1e-9))
+
+
+class _OpenShards:
+    """The open train and validation shards of a job; `commit()` makes both final together
+    and records them, with the documents done, in `progress.json`."""
+
+    def __init__(self, folder: Path, state: _State, dtype: np.dtype):
+        self.folder, self.state, self.dtype = folder, state, dtype
+        self.writers = {s: ShardWriter(folder, s, dtype, first=len(state.splits[s]["shards"])) for s in SPLITS}
+        folder.mkdir(parents=True, exist_ok=True)
+        self.commit()  # a folder with progress.json is a shard folder, even before its first shard
+
+    def append(self, train: np.ndarray, validation: np.ndarray, n_train: int, n_validation: int) -> None:
+        self.writers["train"].append(train)
+        self.writers["validation"].append(validation)
+        self.state.documents += n_train + n_validation
+        self.state.splits["train"]["documents"] += n_train
+        self.state.splits["validation"]["documents"] += n_validation
+        self.state.splits["train"]["tokens"] += len(train)
+        self.state.splits["validation"]["tokens"] += len(validation)
+
+    def commit(self) -> None:
+        for split, writer in self.writers.items():
+            entry = writer.close()
+            if entry is not None:
+                self.state.splits[split]["shards"].append(entry)
+        write_atomic(self.folder / PROGRESS, json.dumps(dataclasses.asdict(self.state), indent=1) + "\n")
+
+    def finish(self) -> None:
+        """Write the metadata, last: from then on the folder reads as complete."""
+        state = self.state
+        metadata = {
+            "tokenizer": state.tokenizer,
+            "source": state.source,
+            "validation_fraction": state.validation_fraction,
+            "documents": state.documents,
+            "dtype": self.dtype.name,
+            "splits": state.splits,
+        }
+        write_metadata(self.folder, metadata)
+        (self.folder / PROGRESS).unlink()
+
+
+def _encode_into(
+    shards: _OpenShards, source: Source, tokenizer: Any, workers: int, shard_tokens: int, progress: bool
+) -> int:
+    """Encode the documents not yet done into `shards`, committing whenever a train shard is
+    full and once at the end; the number of tokens written."""
+    state = shards.state
     already = sum(state.splits[s]["tokens"] for s in SPLITS)
     documents = itertools.islice(source.documents(), state.documents, None)
     chars = min(CHUNK_CHARS, shard_tokens)  # a shard closes between chunks: keep it near shard_tokens
     tasks = ((start, chunk, state.validation_fraction) for start, chunk in _chunks(documents, state.documents, chars))
-    began, written = time.perf_counter(), 0
+    written = 0
     with _progress_bar(progress, already) as bar, _Encoder(tokenizer, workers) as encode:
         for train, validation, n_train, n_validation in encode(tasks):
-            writers["train"].append(train)
-            writers["validation"].append(validation)
-            state.documents += n_train + n_validation
-            state.splits["train"]["documents"] += n_train
-            state.splits["validation"]["documents"] += n_validation
-            state.splits["train"]["tokens"] += len(train)
-            state.splits["validation"]["tokens"] += len(validation)
+            shards.append(train, validation, n_train, n_validation)
             written += len(train) + len(validation)
             bar.update(len(train) + len(validation))
             bar.set_postfix(documents=f"{state.documents:,}", refresh=False)
-            if writers["train"].tokens >= shard_tokens:
-                commit()
-    commit()
-    seconds = time.perf_counter() - began
-    metadata = {
-        "tokenizer": state.tokenizer,
-        "source": state.source,
-        "validation_fraction": state.validation_fraction,
-        "documents": state.documents,
-        "dtype": dtype.name,
-        "splits": state.splits,
-    }
-    write_metadata(folder, metadata)  # last: from here on the folder reads as complete
-    (folder / PROGRESS).unlink()
-    return _summary(folder, TokenShards(folder).metadata, written / max(seconds, 1e-9))
+            if shards.writers["train"].tokens >= shard_tokens:
+                shards.commit()
+    shards.commit()
+    return written
 
 
 def _remove_unfinished(folder: Path, state: _State) -> None:

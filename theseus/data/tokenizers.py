@@ -11,8 +11,9 @@ to pickle and to load).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ class ByteTokenizer:
     dtype = np.uint16
 
     @property
-    def encoder(self) -> "ByteTokenizer":
+    def encoder(self) -> ByteTokenizer:
         return self
 
     def encode(self, text: str) -> np.ndarray:
@@ -141,7 +142,9 @@ def load_tokenizer(name: str):
         return ByteTokenizer()
     path = Path(name).expanduser()
     if not path.is_dir():
-        raise ConfigError(f"data/tokenizer: unknown tokenizer {name!r}: use 'byte' or a folder with a Hugging Face tokenizer")
+        raise ConfigError(
+            f"data/tokenizer: unknown tokenizer {name!r}: use 'byte' or a folder with a Hugging Face tokenizer"
+        )
     try:
         return HFTokenizer(path)
     except (FileNotFoundError, ValueError) as error:

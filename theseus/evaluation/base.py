@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from theseus.config import ConfigError
 from theseus.evaluation.language_model import LanguageModel
@@ -26,7 +26,7 @@ class Evaluation(abc.ABC):
         """The metrics of `lm` on this evaluation's data."""
 
 
-def read_jsonl(path: Optional[str], required: tuple[str, ...], kind: str) -> list[dict[str, Any]]:
+def read_jsonl(path: str | None, required: tuple[str, ...], kind: str) -> list[dict[str, Any]]:
     """The rows of a JSONL file, each checked to hold `required` keys (one ConfigError line)."""
     if not path:
         raise ConfigError(f"evaluation '{kind}' needs a JSONL file: write it as '{kind}:PATH'")

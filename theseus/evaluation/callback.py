@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any
 
 import keras
 import numpy as np
@@ -45,28 +46,33 @@ class EvaluationCallback(keras.callbacks.Callback):
         tokenizer: Any,
         interval: int,
         start_step: int = 0,
-        total_steps: Optional[int] = None,
+        total_steps: int | None = None,
         micro_steps: int = 1,
-        path: Optional[str | os.PathLike] = None,
+        path: str | os.PathLike | None = None,
         tokens_per_step: int = 0,
         batch_size: int = 8,
-        heldout: Optional[Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]] = None,
+        heldout: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]] | None = None,
     ) -> None:
         super().__init__()
         self.evaluations, self.tokenizer = evaluations, tokenizer
-        self.interval, self.start_step, self.total_steps, self.micro_steps = interval, start_step, total_steps, micro_steps
+        self.interval, self.start_step, self.total_steps, self.micro_steps = (
+            interval,
+            start_step,
+            total_steps,
+            micro_steps,
+        )
         self.path = Path(path) if path is not None else None
         self.tokens_per_step, self.batch_size, self.heldout = tokens_per_step, batch_size, heldout
         self.history: list[dict[str, Any]] = []
-        self._lm: Optional[LanguageModel] = None
+        self._lm: LanguageModel | None = None
 
-    def on_train_begin(self, logs: Optional[dict] = None) -> None:
+    def on_train_begin(self, logs: dict | None = None) -> None:
         if self.path is not None and self.path.is_file() and multihost.is_primary():
             rows = [line for line in self.path.read_text().splitlines() if line.strip()]
             kept = [line for line in rows if json.loads(line)["step"] <= self.start_step]
             write_atomic(self.path, "".join(line + "\n" for line in kept))
 
-    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if (batch + 1) % self.micro_steps:
             return
         step = self.start_step + (batch + 1) // self.micro_steps
@@ -81,7 +87,9 @@ class EvaluationCallback(keras.callbacks.Callback):
             self._lm = LanguageModel(model, self.tokenizer, batch_size=self.batch_size, heldout=self.heldout)
         results = run_evaluations(self._lm, self.evaluations)
         row = {"step": step, "tokens": step * self.tokens_per_step}
-        row.update({f"{spec}/{metric}": value for spec, metrics in results.items() for metric, value in metrics.items()})
+        row.update(
+            {f"{spec}/{metric}": value for spec, metrics in results.items() for metric, value in metrics.items()}
+        )
         self.history.append(row)
         if self.path is not None and multihost.is_primary():  # multi-host: process 0 writes
             with open(self.path, "a") as f:

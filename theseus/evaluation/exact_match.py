@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from theseus.evaluation.base import Evaluation, read_jsonl
 from theseus.evaluation.language_model import LanguageModel
@@ -21,7 +21,7 @@ class ExactMatch(Evaluation):
 
     name = "exact_match"
 
-    def __init__(self, path: Optional[str] = None, until: Sequence[str] = ("\n",), max_new_tokens: int = 32) -> None:
+    def __init__(self, path: str | None = None, until: Sequence[str] = ("\n",), max_new_tokens: int = 32) -> None:
         self.path, self.until, self.max_new_tokens = path, tuple(until), max_new_tokens
         self.rows = read_jsonl(path, ("prompt", "answer"), self.name)
 

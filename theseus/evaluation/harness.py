@@ -1,25 +1,25 @@
-"""A theseus model as an lm-evaluation-harness model (the optional `eval` extra).
+"""A theseus `LanguageModel` as an lm-evaluation-harness model (the optional `eval` extra).
 
     import lm_eval
     from theseus.evaluation.harness import HarnessLM
-    lm_eval.simple_evaluate(model=HarnessLM(source="runs/dev"), tasks=["my_task"], ...)
+    from theseus.experiments.sources import load
+    lm_eval.simple_evaluate(model=HarnessLM(load("runs/dev")), tasks=["my_task"], ...)
 
-Importing this module also registers the model as `theseus` with the harness, so
-`lm_eval.simple_evaluate(model="theseus", model_args="source=runs/dev,batch_size=8")`
-works. `evaluate_harness` runs harness tasks, registered ones or task YAML files (a
-YAML over a local JSONL needs no download), on a `LanguageModel`.
+(`theseus.experiments.harness` registers the model by name: `model="theseus"`.)
+`evaluate_harness` runs harness tasks, registered ones or task YAML files (a YAML over a
+local JSONL needs no download), on a `LanguageModel`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import yaml
 from lm_eval import simple_evaluate
 from lm_eval.api.model import LM
-from lm_eval.api.registry import register_model
 from lm_eval.tasks import TaskManager
 
 from theseus.config import ConfigError
@@ -28,7 +28,6 @@ from theseus.evaluation.language_model import LanguageModel
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "seed")
 
 
-@register_model("theseus")
 class HarnessLM(LM):
     """The harness's three requests answered by a theseus `LanguageModel`.
 
@@ -39,27 +38,12 @@ class HarnessLM(LM):
     (capped so that at least one prompt token fits the model's context).
 
     Args:
-        lm: the model and tokenizer; or
-        source: a training run folder, a checkpoint folder or a Hugging Face model folder.
-        batch_size / max_length: for a model loaded from `source`.
+        lm: the model and tokenizer (`theseus.experiments.sources.load` opens a folder as one).
         max_gen_toks: the default generation length.
     """
 
-    def __init__(
-        self,
-        lm: Optional[LanguageModel] = None,
-        source: Optional[str] = None,
-        batch_size: int = 8,
-        max_length: Optional[int] = None,
-        max_gen_toks: int = 256,
-    ) -> None:
+    def __init__(self, lm: LanguageModel, max_gen_toks: int = 256) -> None:
         super().__init__()
-        if lm is None:
-            if source is None:
-                raise ConfigError("the theseus harness model needs `source` (a run, checkpoint or Hugging Face folder)")
-            from theseus.evaluation.loading import load
-
-            lm = load(source, batch_size=int(batch_size), max_length=int(max_length) if max_length else None)
         self.lm = lm
         self.max_gen_toks = int(max_gen_toks)
 
@@ -115,7 +99,7 @@ def task_names(tasks: Sequence[str]) -> tuple[list[str], list[str]]:
     return folders, names
 
 
-def evaluate_harness(lm: LanguageModel, tasks: Sequence[str], limit: Optional[int] = None) -> dict[str, dict[str, Any]]:
+def evaluate_harness(lm: LanguageModel, tasks: Sequence[str], limit: int | None = None) -> dict[str, dict[str, Any]]:
     """Run harness `tasks` (names or task YAML files) on `lm`; per task, its metrics
     as the harness reports them, without the `,none` filter suffix."""
     folders, names = task_names(tasks)

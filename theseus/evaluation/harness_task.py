@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from theseus.config import ConfigError
 from theseus.evaluation.base import Evaluation
 from theseus.evaluation.language_model import LanguageModel
@@ -15,7 +13,7 @@ class HarnessTask(Evaluation):
 
     name = "lm_eval"
 
-    def __init__(self, task: Optional[str] = None) -> None:
+    def __init__(self, task: str | None = None) -> None:
         if not task:
             raise ConfigError("evaluation 'lm_eval' needs a task: write it as 'lm_eval:TASK' or 'lm_eval:PATH.yaml'")
         try:

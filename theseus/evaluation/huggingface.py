@@ -11,39 +11,39 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Optional, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from theseus.config import ConfigError, build, field
 from theseus.data.config import DataConfig, training_data
 from theseus.data.loader import ValidationWindows
-from theseus.evaluation.evaluator import BaseEvaluator
+from theseus.evaluation.evaluator import BaseEvaluator, EvaluatorConfig
 from theseus.evaluation.language_model import LanguageModel
-from theseus.evaluation.tasks import evaluations
-from theseus.model.huggingface import KEY, HFCompat
-from theseus.training.huggingface import AUTO, check_vocabulary, hf_tokenizer, open_checkpoint
+from theseus.model.huggingface import AUTO, KEY, HFCompat, check_vocabulary, hf_tokenizer, open_checkpoint
 
 M = TypeVar("M", bound=HFCompat)
 
 
 @dataclasses.dataclass
-class HFEvaluatorConfig(DataConfig):
+class HFEvaluatorConfig(DataConfig, EvaluatorConfig):
     """What evaluating a Hugging Face-format model reads besides the model itself; its
     `data/...` keys are a training job's, so `perplexity` sees the same held-out set."""
 
-    checkpoint: str = field(KEY, help="Hugging Face model folder (config.json + *.safetensors), or a hub id in the local cache")
-    tasks: list[str] = field(
-        "evaluation/tasks",
-        default_factory=lambda: ["perplexity"],
-        help="by name: perplexity (the held-out part of data/source), perplexity:TEXT, multiple_choice:FILE.jsonl, exact_match:FILE.jsonl, lm_eval:TASK_OR_YAML",
+    checkpoint: str = field(
+        KEY, help="Hugging Face model folder (config.json + *.safetensors), or a hub id in the local cache"
     )
-    batch_size: int = field("evaluation/batch_size", default=8, help="sequences per compiled call")
-    max_length: Optional[int] = field("evaluation/max_length", default=None, help="tokens per scored window; null = architecture/block_size")
-    tokens: int = field("evaluation/tokens", default=100_000, help="perplexity: score at most this many held-out tokens (whole batches); 0 = all")
+    tokens: int = field(
+        "evaluation/tokens",
+        default=100_000,
+        help="perplexity: score at most this many held-out tokens (whole batches); 0 = all",
+    )
     block_size: int = field("architecture/block_size", default=256, help="context length in tokens")
-    tokenizer: str = field("data/tokenizer", default=AUTO, help="auto = the model folder's tokenizer; byte; or a tokenizer folder")
+    tokenizer: str = field(
+        "data/tokenizer", default=AUTO, help="auto = the model folder's tokenizer; byte; or a tokenizer folder"
+    )
 
 
 class HFEvaluator(BaseEvaluator[M]):
@@ -57,16 +57,13 @@ class HFEvaluator(BaseEvaluator[M]):
     def components(cls) -> list[type]:
         return [cls.CONFIG, cls.MODEL]
 
-    def __init__(self, values: dict[str, Any], run_dir: Optional[Path] = None) -> None:
-        self.values = dict(values)
-        self.config = build(self.CONFIG, values)
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+    def __init__(self, values: dict[str, Any], run_dir: Path | None = None) -> None:
+        super().__init__(values, run_dir)
         if self.config.batch_size < 1 or self.config.block_size < 1:
             raise ConfigError("evaluation/batch_size and architecture/block_size must be >= 1")
         self.hf = open_checkpoint(self.config.checkpoint, self.MODEL_TYPES, type(self).__name__)
         self.hf.plan()  # an evaluation needs the weights: all present, with the right shapes
         check_vocabulary(self.tokenizer(), self.hf)
-        self.evaluations = evaluations(self.config.tasks)
 
     def tokenizer(self):
         return hf_tokenizer(self.config.tokenizer, self.hf)
@@ -75,7 +72,10 @@ class HFEvaluator(BaseEvaluator[M]):
         cfg = self.config
         model = build(self.MODEL, self.values, pretrained=True)
         return LanguageModel(
-            model, self.tokenizer(), batch_size=cfg.batch_size, max_length=cfg.max_length or cfg.block_size,
+            model,
+            self.tokenizer(),
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length or cfg.block_size,
             heldout=self.heldout,
         )
 
@@ -86,7 +86,9 @@ class HFEvaluator(BaseEvaluator[M]):
         data = training_data(cfg, self.tokenizer(), cfg.block_size)
         batches = math.ceil(cfg.tokens / (cfg.batch_size * cfg.block_size)) if cfg.tokens else None
         try:
-            validation = ValidationWindows(data.validation, cfg.block_size, cfg.batch_size, batches, weights=data.weights)
+            validation = ValidationWindows(
+                data.validation, cfg.block_size, cfg.batch_size, batches, weights=data.weights
+            )
         except ValueError as error:
             raise ConfigError(f"data: {error}") from None
         return (validation[i] for i in range(len(validation)))

@@ -12,15 +12,16 @@ evaluators and the harness score the same tokens.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Optional, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 
 from theseus.config import ConfigError
+from theseus.data.targets import IGNORE_INDEX
 from theseus.generation import Generator, compile_for_backend
-from theseus.model.models.causal_lm import IGNORE_INDEX
 
 LENGTH_MULTIPLE = 32
 """Scored batches are right-padded to a multiple of this, so few shapes compile."""
@@ -49,8 +50,8 @@ class LanguageModel:
         model: keras.Model,
         tokenizer: Any,
         batch_size: int = 8,
-        max_length: Optional[int] = None,
-        heldout: Optional[Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]] = None,
+        max_length: int | None = None,
+        heldout: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]] | None = None,
     ) -> None:
         self.model, self.tokenizer, self.heldout = model, tokenizer, heldout
         self.batch_size = batch_size
@@ -84,7 +85,7 @@ class LanguageModel:
         Inputs longer than `max_length` keep their last `max_length` tokens (the scored
         ones must fit). Requests are batched longest first, as the harness does.
         """
-        results: list[Optional[tuple[float, bool]]] = [None] * len(requests)
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]))
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
@@ -99,7 +100,9 @@ class LanguageModel:
         windows = []
         for tokens, n in requests:
             if not 1 <= n < len(tokens) or n > self.max_length:
-                raise ValueError(f"cannot score the last {n} of {len(tokens)} tokens with a {self.max_length}-token window")
+                raise ValueError(
+                    f"cannot score the last {n} of {len(tokens)} tokens with a {self.max_length}-token window"
+                )
             windows.append((list(tokens[-self.max_length - 1 :]), n))
         longest = max(len(w) - 1 for w, _ in windows)
         width = min(-(-longest // LENGTH_MULTIPLE) * LENGTH_MULTIPLE, self.max_length)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from theseus.config import ConfigError
@@ -27,7 +25,7 @@ class MultipleChoice(Evaluation):
 
     name = "multiple_choice"
 
-    def __init__(self, path: Optional[str] = None, delimiter: str = " ") -> None:
+    def __init__(self, path: str | None = None, delimiter: str = " ") -> None:
         self.path, self.delimiter = path, delimiter
         self.rows = read_jsonl(path, ("context", "choices", "gold"), self.name)
         for number, row in enumerate(self.rows, start=1):
@@ -35,7 +33,9 @@ class MultipleChoice(Evaluation):
             if not isinstance(choices, list) or not choices or not all(isinstance(c, str) and c for c in choices):
                 raise ConfigError(f"{path}: example {number}: 'choices' must be a list of non-empty strings")
             if not isinstance(gold, int) or not 0 <= gold < len(choices):
-                raise ConfigError(f"{path}: example {number}: 'gold' must be an index into its {len(choices)} choices, got {gold!r}")
+                raise ConfigError(
+                    f"{path}: example {number}: 'gold' must be an index into its {len(choices)} choices, got {gold!r}"
+                )
 
     def loglikelihoods(self, lm: LanguageModel) -> list[list[float]]:
         """Per example, the log-likelihood of each choice."""

@@ -8,10 +8,9 @@ into `EVALUATIONS` (a class, or any callable taking the optional argument).
 
 from __future__ import annotations
 
-import difflib
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
-from theseus.config import ConfigError
+from theseus.config import ConfigError, did_you_mean
 from theseus.evaluation.base import Evaluation
 from theseus.evaluation.exact_match import ExactMatch
 from theseus.evaluation.harness_task import HarnessTask
@@ -31,8 +30,7 @@ def evaluation(spec: str) -> Evaluation:
     """The evaluation a config names (`"kind"` or `"kind:argument"`); data is checked now."""
     kind, _, argument = spec.partition(":")
     if kind not in EVALUATIONS:
-        close = difflib.get_close_matches(kind, EVALUATIONS, n=2, cutoff=0.5)
-        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        hint = did_you_mean(kind, EVALUATIONS, cutoff=0.5)
         raise ConfigError(f"unknown evaluation '{kind}'{hint}; known: {', '.join(sorted(EVALUATIONS))}")
     return EVALUATIONS[kind](argument) if argument else EVALUATIONS[kind]()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 from theseus.config import ConfigError
 from theseus.evaluation.base import Evaluation
@@ -26,9 +25,9 @@ class Perplexity(Evaluation):
 
     name = "perplexity"
 
-    def __init__(self, source: Optional[str] = None) -> None:
+    def __init__(self, source: str | None = None) -> None:
         self.source = source or None
-        self.documents: Optional[list[str]] = None
+        self.documents: list[str] | None = None
         if self.source is not None:
             from theseus.data import read_text_source
 
@@ -49,7 +48,9 @@ class Perplexity(Evaluation):
             logprob, tokens, rows = lm.score_batches(lm.heldout())
             n_bytes = sum(len(lm.tokenizer.decode(row).encode("utf-8")) for row in rows)
         else:
-            raise ConfigError("evaluation 'perplexity' has no held-out set here: name a text source as 'perplexity:PATH'")
+            raise ConfigError(
+                "evaluation 'perplexity' has no held-out set here: name a text source as 'perplexity:PATH'"
+            )
         nll = -logprob / tokens
         return {
             "nll": nll,

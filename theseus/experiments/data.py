@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from theseus.config import ConfigError, build, field
 from theseus.data.config import SourceConfig
@@ -24,8 +24,16 @@ from theseus.data.tokenizers import load_tokenizer
 class TokenizeConfig(SourceConfig):
     """A source, a tokenizer, and how to cut the result into shards."""
 
-    shard_tokens: int = field("tokenize/shard_tokens", default=100_000_000, help="a train shard is closed (and the job can resume from there) at this many tokens")
-    workers: int = field("tokenize/workers", default=0, help="encoding processes; 1 = in this process; 0 = one per core (byte tokenizer: this process)")
+    shard_tokens: int = field(
+        "tokenize/shard_tokens",
+        default=100_000_000,
+        help="a train shard is closed (and the job can resume from there) at this many tokens",
+    )
+    workers: int = field(
+        "tokenize/workers",
+        default=0,
+        help="encoding processes; 1 = in this process; 0 = one per core (byte tokenizer: this process)",
+    )
     progress_bar: bool = field("logging/progress_bar", default=True, help="show a progress bar with tokens per second")
 
 
@@ -38,7 +46,7 @@ class Tokenize:
     def components(cls) -> list[type]:
         return [cls.CONFIG]
 
-    def __init__(self, values: dict[str, Any], run_dir: Optional[Path] = None) -> None:
+    def __init__(self, values: dict[str, Any], run_dir: Path | None = None) -> None:
         self.config = cfg = build(self.CONFIG, values)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if self.run_dir is None:
@@ -48,7 +56,9 @@ class Tokenize:
         if not 0.0 <= cfg.validation_fraction < 1.0:
             raise ConfigError(f"data/validation_fraction must be in [0, 1), got {cfg.validation_fraction}")
         if cfg.shard_tokens < 1 or cfg.workers < 0:
-            raise ConfigError(f"tokenize/shard_tokens must be >= 1 and tokenize/workers >= 0, got {cfg.shard_tokens} and {cfg.workers}")
+            raise ConfigError(
+                f"tokenize/shard_tokens must be >= 1 and tokenize/workers >= 0, got {cfg.shard_tokens} and {cfg.workers}"
+            )
         self.tokenizer = load_tokenizer(cfg.tokenizer)
         cfg.reader().check()  # before the run folder is made
 
@@ -70,6 +80,9 @@ class Tokenize:
             flush=True,
         )
         if cfg.validation_fraction > 0 and not result["validation_tokens"]:
-            print(f"note: no document was held out ({result['documents']} x {cfg.validation_fraction} < 1): "
-                  "in a mixture, validation uses the other sources", flush=True)
+            print(
+                f"note: no document was held out ({result['documents']} x {cfg.validation_fraction} < 1): "
+                "in a mixture, validation uses the other sources",
+                flush=True,
+            )
         return result

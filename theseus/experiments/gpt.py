@@ -1,6 +1,6 @@
 """Jobs for the native GPT family."""
 
-from theseus.evaluation.evaluator import BaseEvaluator
+from theseus.experiments.sources import RunEvaluator
 from theseus.model.models import GPT
 from theseus.training import BaseTrainer, BaseTrainerConfig
 from theseus.training.finetune import NativeFinetuner
@@ -20,7 +20,7 @@ class FinetuneGPT(NativeFinetuner[GPT]):
     CONFIG = BaseTrainerConfig
 
 
-class EvaluateGPT(BaseEvaluator[GPT]):
+class EvaluateGPT(RunEvaluator[GPT]):
     """Evaluate a GPT run's checkpoint (perplexity, multiple choice, exact match, lm-eval); writes results.json."""
 
     MODEL = GPT

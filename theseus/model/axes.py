@@ -6,6 +6,8 @@ a model's `sharding` rules then say where each logical axis goes on the mesh.
 
 from enum import Enum
 
+from theseus.base.axis import Axis
+
 
 class Axes(str, Enum):
     VOCAB = "vocab"  # token embedding rows / output logits
@@ -19,3 +21,16 @@ class Axes(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+TENSOR_PARALLEL: list[tuple[str, Axis | None]] = [
+    (Axes.VOCAB.value, None),
+    (Axes.BLOCK_SIZE.value, None),
+    (Axes.N_EMBD.value, None),
+    (Axes.N_EMBD_FF.value, Axis.SHARD),
+    (Axes.N_EMBD_OUT.value, Axis.SHARD),
+    (Axes.N_ATTN.value, Axis.SHARD),
+    (Axes.N_KV.value, Axis.SHARD),
+]
+"""Megatron-style tensor parallelism, the default rules of every causal LM: attention heads
+and the MLP hidden width split over `shard`, embeddings and the residual width replicated."""

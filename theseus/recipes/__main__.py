@@ -17,38 +17,45 @@ import sys
 import theseus  # noqa: F401  (sets the default Keras backend before Keras loads)
 
 
-def main(job: str, config: str | None = None, out: str = "runs", name: str | None = None,
-         backend: str | None = None, fresh: bool = False, **overrides) -> None:
+def main(
+    job: str,
+    config: str | None = None,
+    out: str = "runs",
+    name: str | None = None,
+    backend: str | None = None,
+    fresh: bool = False,
+    **overrides,
+) -> None:
     from theseus.base import backend as backends
-    from theseus.config import ConfigError, resolve
 
     overrides = {k.replace(".", "/"): v for k, v in overrides.items()}
     try:
         backends.select(backends.chosen(backend, overrides, config))  # before Keras is imported
-        from theseus.base import run as runs
-        from theseus.training.callbacks import TrainingStopped
-    except ConfigError as error:
-        print(f"theseus: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    try:
-        if config is not None:
-            key, fields, values = runs.read_config(config, None, job=job)
-        else:
-            key, fields, values = job, runs.table(runs.job_class(job)), {}
-        values = resolve(fields, values, _as_text(fields, overrides))
-        runs.launch(key, fields, values, out, name or key.replace("/", "-"), fresh=fresh)
-    except ConfigError as error:
-        print(f"theseus: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except TrainingStopped as error:
-        print(f"theseus: {error}", file=sys.stderr)
-        sys.exit(error.exit_code)
+        _launch(job, config, out, name or job.replace("/", "-"), fresh, overrides)
+    except Exception as error:
+        from theseus.config import exit_status
+
+        sys.exit(exit_status(error))
+
+
+def _launch(job: str, config: str | None, out: str, name: str, fresh: bool, overrides: dict) -> None:
+    from theseus.config import resolve
+    from theseus.experiments import runs
+
+    if config is not None:
+        key, fields, values = runs.read_config(config, None, job=job)
+    else:
+        key, fields, values = job, runs.table(runs.job_class(job)), {}
+    values = resolve(fields, values, _as_text(fields, overrides))
+    runs.launch(key, fields, values, out, name, fresh=fresh)
 
 
 def _as_text(fields, overrides: dict) -> dict:
     """Fire has already parsed each flag's value; a `str` field wants the text back."""
-    return {k: (str(v) if k in fields and fields[k].type is str and not isinstance(v, str) else v)
-            for k, v in overrides.items()}
+    return {
+        k: (str(v) if k in fields and fields[k].type is str and not isinstance(v, str) else v)
+        for k, v in overrides.items()
+    }
 
 
 if __name__ == "__main__":

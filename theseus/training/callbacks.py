@@ -23,8 +23,9 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import keras
 
@@ -57,11 +58,11 @@ class Interrupted(TrainingStopped):
 class StepCallback(keras.callbacks.Callback):
     """A callback that acts once per optimizer step, in `on_step_end(step, logs)`."""
 
-    def __init__(self, start_step: int = 0, total_steps: Optional[int] = None, micro_steps: int = 1):
+    def __init__(self, start_step: int = 0, total_steps: int | None = None, micro_steps: int = 1):
         super().__init__()
         self.start_step, self.total_steps, self.micro_steps = start_step, total_steps, micro_steps
 
-    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if (batch + 1) % self.micro_steps == 0:
             self.on_step_end(self.start_step + (batch + 1) // self.micro_steps, logs if logs is not None else {})
 
@@ -83,7 +84,7 @@ class StopOnNonFinite(keras.callbacks.Callback):
         super().__init__()
         self.start_step, self.micro_steps = start_step, micro_steps
 
-    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss):
             step = self.start_step + batch // self.micro_steps + 1
@@ -106,10 +107,10 @@ class Throughput(keras.callbacks.Callback):
         self.times: deque[float] = deque(maxlen=window)
         self._begin = 0.0
 
-    def on_train_batch_begin(self, batch: int, logs: Optional[dict] = None) -> None:
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         self._begin = time.perf_counter()
 
-    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if logs is None:
             return
         if batch == 1:
@@ -119,6 +120,14 @@ class Throughput(keras.callbacks.Callback):
         logs["tokens_per_sec"] = rate
         if self.flops_per_token and self.peak_flops:
             logs["mfu"] = rate * self.flops_per_token / self.peak_flops
+
+
+def flops_per_token(model: keras.Model, values: dict[str, Any], block_size: int) -> float:
+    """Training FLOPs per token, for MFU: 6 per parameter (forward and backward) plus attention's
+    12 * n_layer * n_embd * block_size (PaLM, appendix B; 0 without `architecture/n_layer`, `n_embd`)."""
+    layers, width = values.get("architecture/n_layer"), values.get("architecture/n_embd")
+    attention = 12 * layers * width * block_size if layers and width else 0
+    return 6 * model.count_params() + attention
 
 
 def measure_peak_flops(dtype: str = "float32", size: int = 2048, repeats: int = 3) -> float:
@@ -146,10 +155,15 @@ class LearningRate(keras.callbacks.Callback):
 
     def __init__(self, schedule: Callable[[Any], Any], start_step: int, total_steps: int, micro_steps: int = 1):
         super().__init__()
-        self.schedule, self.start_step, self.total_steps, self.micro_steps = schedule, start_step, total_steps, micro_steps
+        self.schedule, self.start_step, self.total_steps, self.micro_steps = (
+            schedule,
+            start_step,
+            total_steps,
+            micro_steps,
+        )
         self.rates: dict[int, float] = {}
 
-    def on_train_begin(self, logs: Optional[dict] = None) -> None:
+    def on_train_begin(self, logs: dict | None = None) -> None:
         steps = range(self.start_step, self.total_steps)
         try:
             rates = keras.ops.convert_to_numpy(self.schedule(keras.ops.arange(steps.start, steps.stop)))
@@ -158,7 +172,7 @@ class LearningRate(keras.callbacks.Callback):
         if rates.shape == (len(steps),):
             self.rates = dict(zip(steps, rates.astype(float).tolist()))
 
-    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if logs is not None:
             step = self.start_step + batch // self.micro_steps
             if step not in self.rates:
@@ -186,7 +200,7 @@ class Validation(StepCallback):
     def __init__(self, data, interval: int, start_step: int, total_steps: int, micro_steps: int = 1):
         super().__init__(start_step, total_steps, micro_steps)
         self.data, self.interval = data, interval
-        self.last: Optional[dict[str, float]] = None
+        self.last: dict[str, float] | None = None
 
     def on_step_end(self, step: int, logs: dict) -> None:
         if not (step % self.interval == 0 or self.is_last(step)):
@@ -217,7 +231,7 @@ class MetricsLogger(StepCallback):
         start_step: int,
         total_steps: int,
         micro_steps: int = 1,
-        loss_state: Optional[Sequence[float]] = None,
+        loss_state: Sequence[float] | None = None,
         sinks: Sequence[Callable[[dict], None]] = (),
     ):
         super().__init__(start_step, total_steps, micro_steps)
@@ -225,7 +239,7 @@ class MetricsLogger(StepCallback):
         self.interval, self.tokens_per_step = interval, tokens_per_step
         self.loss_state, self.sinks = loss_state, list(sinks)
 
-    def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         if self.loss_state is not None:  # `fit` has just reset the metrics
             for variable, value in zip(self.model.metrics_variables, self.loss_state):
                 variable.assign(value)
@@ -331,6 +345,7 @@ class Checkpointer(StepCallback):
         best_val_loss: the lowest validation loss of the checkpoints already saved.
     """
 
+    # starts as MetricsLogger's: both are step callbacks writing at an interval, with their own options
     def __init__(
         self,
         root: str | os.PathLike,
@@ -339,11 +354,11 @@ class Checkpointer(StepCallback):
         start_step: int,
         total_steps: int,
         micro_steps: int = 1,
-        state: Optional[dict[str, Any]] = None,
+        state: dict[str, Any] | None = None,
         keep: int = 3,
-        files: Optional[dict[str, str]] = None,
+        files: dict[str, str] | None = None,
         best_val_loss: float = math.inf,
-        save_weights: Optional[Any] = None,
+        save_weights: Any | None = None,
     ):
         super().__init__(start_step, total_steps, micro_steps)
         self.save_weights = save_weights  # writes the weights file; None = model.save_weights
@@ -352,16 +367,15 @@ class Checkpointer(StepCallback):
         self.state, self.keep, self.files = dict(state or {}), keep, dict(files or {})
         self.best_val_loss = best_val_loss
         self.step = self.saved_step = start_step
-        self.val_loss: Optional[float] = None
+        self.val_loss: float | None = None
 
     def on_step_end(self, step: int, logs: dict) -> None:
-        ckpt.test_signal(f"step:{step}")
         self.step = step
         self.val_loss = float(logs["val_loss"]) if "val_loss" in logs else None
         if step % self.interval == 0 or (self.val_loss is not None and self.val_loss < self.best_val_loss):
             self.save()
 
-    def on_train_end(self, logs: Optional[dict] = None) -> None:
+    def on_train_end(self, logs: dict | None = None) -> None:
         if self.step != self.saved_step:
             self.save()
 
@@ -378,7 +392,9 @@ class Checkpointer(StepCallback):
         if self.val_loss is not None:
             state["val_loss"] = self.val_loss
             self.best_val_loss = min(self.best_val_loss, self.val_loss)
-        checkpoint = ckpt.save(self.root, model, state, keep=self.keep, files=self.files, save_weights=self.save_weights)
+        checkpoint = ckpt.save(
+            self.root, model, state, keep=self.keep, files=self.files, save_weights=self.save_weights
+        )
         self.saved_step = self.step
         return checkpoint
 
@@ -391,10 +407,10 @@ class Signals:
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
-        self.received: Optional[int] = None
+        self.received: int | None = None
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "Signals":
+    def __enter__(self) -> Signals:
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
@@ -403,7 +419,11 @@ class Signals:
         self.received = signum
         signal.signal(signum, self._previous[signum])
         name = signal.Signals(signum).name
-        print(f"\n{name}: stopping after this step with a checkpoint ({name} again to quit now)", file=sys.stderr, flush=True)
+        print(
+            f"\n{name}: stopping after this step with a checkpoint ({name} again to quit now)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __exit__(self, *exc: Any) -> None:
         for signum, handler in self._previous.items():

@@ -17,10 +17,10 @@ import json
 import logging
 import os
 import shutil
-import signal
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 import keras
 import numpy as np
@@ -35,11 +35,6 @@ STATE_FILE = "state.json"
 MANIFEST_FILE = "manifest.json"
 TEMPORARY_PREFIX = ".tmp_"
 BROKEN_PREFIX = "broken_"
-
-TEST_SIGNAL = "THESEUS_TEST_SIGNAL"
-"""Test hook: `SIGKILL@checkpoint:8` makes this process send itself SIGKILL once checkpoint 8
-is fully written to its temporary folder, before the rename that publishes it; `SIGTERM@step:5`
-signals it after optimizer step 5. The tests use it to kill a run at an exact point."""
 
 
 class CheckpointError(RuntimeError):
@@ -56,20 +51,13 @@ class Checkpoint:
         return json.loads((self.path / STATE_FILE).read_text())
 
 
-def test_signal(point: str) -> None:
-    """Send this process the signal that `$THESEUS_TEST_SIGNAL` names for `point` (see `TEST_SIGNAL`)."""
-    wanted = os.environ.get(TEST_SIGNAL)
-    if wanted:
-        name, _, at = wanted.partition("@")
-        if at == point:
-            os.kill(os.getpid(), signal.Signals[name])
-
-
-def _digest(path: Path) -> str:
+def digest(paths: list[Path]) -> str:
+    """SHA-256 over the bytes of `paths`, in order (hex)."""
     sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            sha.update(chunk)
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                sha.update(chunk)
     return sha.hexdigest()
 
 
@@ -96,8 +84,8 @@ def save(
     model: keras.Model,
     state: dict[str, Any],
     keep: int = 3,
-    files: Optional[Mapping[str, str]] = None,
-    save_weights: Optional[Callable[[Path], None]] = None,
+    files: Mapping[str, str] | None = None,
+    save_weights: Callable[[Path], None] | None = None,
 ) -> Checkpoint:
     """Write a checkpoint of `model` (and its optimizer) at `state["step"]` under `root`.
 
@@ -116,28 +104,36 @@ def save(
         shutil.rmtree(stale, ignore_errors=True)
     step = int(state["step"])
     final = step_dir(root, step)
-    tmp = root / f"{TEMPORARY_PREFIX}step_{step:08d}_{os.getpid()}"
+    tmp = root / f"{TEMPORARY_PREFIX}{final.name}_{os.getpid()}"
     tmp.mkdir()
     with multihost.gathered(multihost.model_state(model)):  # whole arrays, even those split over hosts
         (save_weights or model.save_weights)(tmp / MODEL_FILE)  # the optimizer's variables too, once it is built
     state = {**state, "rng": [keras.ops.convert_to_numpy(v.value).tolist() for v in rng_variables(model)]}
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True))
-    for name, text in (files or {}).items():
-        (tmp / name).write_text(text)
-    names = sorted(p.name for p in tmp.iterdir())
-    manifest = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _digest(tmp / name)} for name in names}
-    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    for name in names + [MANIFEST_FILE]:  # durable before it becomes visible
-        with open(tmp / name, "rb") as f:
-            os.fsync(f.fileno())
-    test_signal(f"checkpoint:{step}")
-    if final.exists():  # the same step saved again (e.g. a signal right after a save)
-        _remove(final)
-    os.replace(tmp, final)
-    write_atomic(root / "latest", final.name + "\n")
+    _write_files(tmp, {STATE_FILE: json.dumps(state, indent=1, sort_keys=True), **(files or {})})
+    publish(tmp, final)
     _prune(root, keep)
     multihost.sync(f"checkpoint {step}")
     return Checkpoint(final, step)
+
+
+def _write_files(folder: Path, texts: Mapping[str, str]) -> None:
+    """Write `texts` into `folder` with a manifest of every file there, all synced to disk."""
+    for name, text in texts.items():
+        (folder / name).write_text(text)
+    names = sorted(p.name for p in folder.iterdir())
+    manifest = {name: {"bytes": (folder / name).stat().st_size, "sha256": digest([folder / name])} for name in names}
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    for name in names + [MANIFEST_FILE]:  # durable before it becomes visible
+        with open(folder / name, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Rename the complete checkpoint folder `tmp` to its final name and point `latest` at it."""
+    if final.exists():  # the same step saved again (e.g. a signal right after a save)
+        _remove(final)
+    os.replace(tmp, final)
+    write_atomic(final.parent / "latest", final.name + "\n")
 
 
 def _val_loss(checkpoint: Checkpoint) -> float:
@@ -148,7 +144,7 @@ def _val_loss(checkpoint: Checkpoint) -> float:
     return float("inf") if value is None else float(value)
 
 
-def best(root: str | os.PathLike) -> Optional[Checkpoint]:
+def best(root: str | os.PathLike) -> Checkpoint | None:
     """The checkpoint with the lowest validation loss (None if none has one)."""
     scored = [(_val_loss(c), c.step, c) for c in complete(root)]
     scored = [s for s in scored if s[0] != float("inf")]
@@ -185,7 +181,7 @@ def verify(path: Path) -> None:
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{path}: {name} is missing")
-        if file.stat().st_size != entry["bytes"] or _digest(file) != entry["sha256"]:
+        if file.stat().st_size != entry["bytes"] or digest([file]) != entry["sha256"]:
             raise CheckpointError(f"{path}: {name} does not match its manifest (corrupt or truncated)")
 
 
@@ -235,7 +231,7 @@ def set_aside_after(root: str | os.PathLike, step: int) -> list[Path]:
 
 
 def restore(
-    checkpoint: Checkpoint, model: keras.Model, load_weights: Optional[Callable[[Path], None]] = None
+    checkpoint: Checkpoint, model: keras.Model, load_weights: Callable[[Path], None] | None = None
 ) -> dict[str, Any]:
     """Load weights, optimizer state (when the model is compiled) and RNG state into a built model.
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -38,7 +39,8 @@ class LoraConfig:
     rank: int = field("lora/rank", default=8, help="adapter rank r")
     alpha: float = field("lora/alpha", default=16.0, help="the update is scaled by alpha / rank")
     targets: list[str] = field(
-        "lora/targets", default_factory=lambda: ["attn", "mlp"],
+        "lora/targets",
+        default_factory=lambda: ["attn", "mlp"],
         help="regular expressions searched in projection paths: [attn, mlp] = every attention and MLP projection; [query, value] = those two",
     )
 
@@ -47,9 +49,12 @@ class LoraConfig:
 class FreezeConfig:
     """Which weights train in a fine-tune (besides LoRA adapters); by default all of them."""
 
-    train_last_blocks: int = field("finetune/train_last_blocks", default=0, help="train only the last N transformer blocks (0 = no such limit)")
+    train_last_blocks: int = field(
+        "finetune/train_last_blocks", default=0, help="train only the last N transformer blocks (0 = no such limit)"
+    )
     trainable: list[str] = field(
-        "finetune/trainable", default_factory=list,
+        "finetune/trainable",
+        default_factory=list,
         help="regular expressions searched in weight paths (e.g. [norm, wte]): these train too, the rest is frozen",
     )
 
@@ -118,7 +123,9 @@ def freeze(model: keras.Layer, train_last_blocks: int = 0, trainable: Sequence[s
     first = len(blocks) - train_last_blocks if train_last_blocks else len(blocks)
     for pattern in trainable:
         if not any(re.search(pattern, v.path) for v in model.weights):
-            raise ConfigError(f"finetune/trainable: {pattern!r} matches no weight (they are named like {model.weights[0].path})")
+            raise ConfigError(
+                f"finetune/trainable: {pattern!r} matches no weight (they are named like {model.weights[0].path})"
+            )
     for variable in model.weights:
         block = _BLOCK.search(variable.path)
         variable.trainable = bool((block and int(block.group(1)) >= first) or matches(variable.path))
@@ -172,7 +179,9 @@ def load_trainable(model: keras.Model, path: Path) -> None:
         optimizer = model.optimizer
         if optimizer is not None and optimizer.built and stored:
             if len(stored) != len(optimizer.variables):
-                raise ConfigError(f"{path} holds {len(stored)} optimizer variables, the optimizer has {len(optimizer.variables)}")
+                raise ConfigError(
+                    f"{path} holds {len(stored)} optimizer variables, the optimizer has {len(optimizer.variables)}"
+                )
             for i, variable in enumerate(optimizer.variables):
                 variable.assign(stored[f"{i:06d}"][()])
 

@@ -8,7 +8,8 @@ reads at its log steps only.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 from keras import ops
@@ -61,6 +62,8 @@ def track_norms(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optim
     if optimizer.built:
         raise ValueError(f"track_norms needs an optimizer that is not built yet. Received: {optimizer!r}")
     if cls not in _TRACKING:
-        _TRACKING[cls] = type(cls.__name__, (NormTracking, cls), {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
+        _TRACKING[cls] = type(
+            cls.__name__, (NormTracking, cls), {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+        )
     optimizer.__class__ = _TRACKING[cls]
     return optimizer

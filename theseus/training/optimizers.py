@@ -12,7 +12,8 @@ the matching variables themselves (`var_list=`) once they are known, when the op
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 
@@ -104,16 +105,16 @@ OPTIMIZERS: dict[str, Callable[..., keras.optimizers.Optimizer]] = {
 
 
 def build_optimizer(
-    name_or_optimizer: Union[str, keras.optimizers.Optimizer],
+    name_or_optimizer: str | keras.optimizers.Optimizer,
     *,
     learning_rate: Any,
     weight_decay: float = 0.1,
     beta_1: float = 0.9,
     beta_2: float = 0.95,
     epsilon: float = 1e-8,
-    global_clipnorm: Optional[float] = 1.0,
+    global_clipnorm: float | None = 1.0,
     no_decay: Sequence[str] = NO_DECAY,
-    gradient_accumulation_steps: Optional[int] = None,
+    gradient_accumulation_steps: int | None = None,
 ) -> keras.optimizers.Optimizer:
     """The optimizer `name_or_optimizer` names, with LM defaults; an optimizer instance is returned unchanged.
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 import keras
 from keras import ops
@@ -27,7 +28,7 @@ LearningRateSchedule = keras.optimizers.schedules.LearningRateSchedule
 
 DECAY_SHAPES = ("linear", "cosine", "1-sqrt")
 
-FractionOrSteps = Union[int, float]
+FractionOrSteps = int | float
 
 
 # ------------------------------------------------------------------------- validation
@@ -76,26 +77,73 @@ def _check_phases_fit(total_steps: int, **phases: tuple[FractionOrSteps, int]) -
 # --------------------------------------------------------------------------- schedules
 
 
-def _warmup(step: Any, peak_lr: float, warmup_steps: int, start_fraction: float) -> Any:
-    """Linear warmup from `start_fraction * peak_lr` (at step 0) towards `peak_lr` (at `warmup_steps`)."""
-    # max(W, 1): with no warmup the value is never selected, but must not be inf/nan.
-    progress = step / max(warmup_steps, 1)
-    return peak_lr * (start_fraction + (1.0 - start_fraction) * progress)
-
-
-def _cosine(progress: Any) -> Any:
-    """Half a cosine, 1 at progress 0 down to 0 at progress 1."""
-    return 0.5 * (1.0 + ops.cos(math.pi * progress))
-
-
 def _as_step(step: Any) -> Any:
     # The optimizer passes its int64 (int32 on JAX) `iterations`; TensorFlow will not mix
     # int64 with Python floats, and float32 keeps every backend computing the same values.
     return ops.cast(step, "float32")
 
 
+class Schedule(LearningRateSchedule):
+    """What every theseus schedule shares: its argument checks, the linear warmup, the
+    decay shapes and `get_config`.
+
+    A subclass's constructor arguments are its config (`get_config` reads each back from
+    the attribute of the same name); it says what follows the warmup in `after_warmup`.
+    """
+
+    def __init__(
+        self,
+        peak_lr: float,
+        total_steps: int,
+        warmup: FractionOrSteps,
+        start_fraction: float,
+        final_fraction: float = 0.0,
+        decay_shape: str = "1-sqrt",
+    ) -> None:
+        self.peak_lr = _check_real("peak_lr", peak_lr, 0.0)
+        self.total_steps = _check_total_steps(total_steps)
+        self.warmup = warmup
+        self.warmup_steps = _resolve_steps("warmup", warmup, self.total_steps)
+        if decay_shape not in DECAY_SHAPES:
+            raise ValueError(
+                f"Argument `decay_shape` must be one of {DECAY_SHAPES}. Received: decay_shape={decay_shape!r}"
+            )
+        self.decay_shape = decay_shape
+        self.start_fraction = _check_real("start_fraction", start_fraction, 0.0, 1.0)
+        self.final_fraction = _check_real("final_fraction", final_fraction, 0.0, 1.0)
+
+    def __call__(self, step: Any) -> Any:
+        step = _as_step(step)
+        warm = self.ramp(step, self.warmup_steps, self.start_fraction)
+        return ops.where(step < self.warmup_steps, warm, self.after_warmup(step))
+
+    def after_warmup(self, step: Any) -> Any:
+        """The learning rate at (float) `step`, wherever the warmup is over."""
+        raise NotImplementedError
+
+    def ramp(self, local: Any, steps: Any, start_fraction: Any) -> Any:
+        """Linear from `start_fraction * peak_lr` (at `local` 0) towards `peak_lr` (at `steps`)."""
+        # max(steps, 1): with no warmup the value is never selected, but must not be inf/nan.
+        return self.peak_lr * (start_fraction + (1.0 - start_fraction) * local / ops.maximum(steps, 1.0))
+
+    def decayed(self, progress: Any) -> Any:
+        """From `peak_lr` (progress 0) to `final_fraction * peak_lr` (progress 1) along
+        f(p) of `decay_shape`: 1 - p, (1 + cos(pi p)) / 2 or 1 - sqrt(p)."""
+        if self.decay_shape == "linear":
+            factor = 1.0 - progress
+        elif self.decay_shape == "cosine":
+            factor = 0.5 * (1.0 + ops.cos(math.pi * progress))
+        else:
+            factor = 1.0 - ops.sqrt(progress)
+        return self.peak_lr * (self.final_fraction + (1.0 - self.final_fraction) * factor)
+
+    def get_config(self) -> dict[str, Any]:
+        arguments = list(inspect.signature(type(self).__init__).parameters)[1:]  # all but self
+        return {name: getattr(self, name) for name in arguments}
+
+
 @keras.saving.register_keras_serializable(package="theseus")
-class WSD(LearningRateSchedule):
+class WSD(Schedule):
     """Warmup-stable-decay: linear warmup, constant `peak_lr`, then a decay over the last steps.
 
     At step s (0-based), with W warmup steps, D decay steps and T total steps:
@@ -114,6 +162,7 @@ class WSD(LearningRateSchedule):
         final_fraction: learning rate at the end of the decay, as a fraction of `peak_lr`.
     """
 
+    # like WSDS's: each schedule's own arguments are its public, serialised config (`get_config`)
     def __init__(
         self,
         peak_lr: float,
@@ -124,55 +173,19 @@ class WSD(LearningRateSchedule):
         start_fraction: float = 0.0,
         final_fraction: float = 0.0,
     ) -> None:
-        self.peak_lr = _check_real("peak_lr", peak_lr, 0.0)
-        self.total_steps = _check_total_steps(total_steps)
-        self.warmup = warmup
+        super().__init__(peak_lr, total_steps, warmup, start_fraction, final_fraction, decay_shape)
         self.decay = decay
-        self.warmup_steps = _resolve_steps("warmup", warmup, self.total_steps)
         self.decay_steps = _resolve_steps("decay", decay, self.total_steps)
         _check_phases_fit(self.total_steps, warmup=(warmup, self.warmup_steps), decay=(decay, self.decay_steps))
-        if decay_shape not in DECAY_SHAPES:
-            raise ValueError(
-                f"Argument `decay_shape` must be one of {DECAY_SHAPES}. Received: decay_shape={decay_shape!r}"
-            )
-        self.decay_shape = decay_shape
-        self.start_fraction = _check_real("start_fraction", start_fraction, 0.0, 1.0)
-        self.final_fraction = _check_real("final_fraction", final_fraction, 0.0, 1.0)
 
-    def _decay_factor(self, progress: Any) -> Any:
-        """f(p) of the configured decay shape: 1 at p = 0, 0 at p = 1."""
-        if self.decay_shape == "linear":
-            return 1.0 - progress
-        if self.decay_shape == "cosine":
-            return _cosine(progress)
-        return 1.0 - ops.sqrt(progress)
-
-    def __call__(self, step: Any) -> Any:
-        step = _as_step(step)
+    def after_warmup(self, step: Any) -> Any:
         decay_start = self.total_steps - self.decay_steps
         progress = ops.clip((step - decay_start) / max(self.decay_steps, 1), 0.0, 1.0)
-        decayed = self.peak_lr * (self.final_fraction + (1.0 - self.final_fraction) * self._decay_factor(progress))
-        stable_or_decay = ops.where(step < decay_start, self.peak_lr, decayed)
-        return ops.where(
-            step < self.warmup_steps,
-            _warmup(step, self.peak_lr, self.warmup_steps, self.start_fraction),
-            stable_or_decay,
-        )
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "peak_lr": self.peak_lr,
-            "total_steps": self.total_steps,
-            "warmup": self.warmup,
-            "decay": self.decay,
-            "decay_shape": self.decay_shape,
-            "start_fraction": self.start_fraction,
-            "final_fraction": self.final_fraction,
-        }
+        return ops.where(step < decay_start, self.peak_lr, self.decayed(progress))
 
 
 @keras.saving.register_keras_serializable(package="theseus")
-class Cosine(LearningRateSchedule):
+class Cosine(Schedule):
     """Linear warmup, then a half-cosine from `peak_lr` down to `final_fraction * peak_lr` at `total_steps`.
 
     After W warmup steps: `peak_lr * (final_fraction + (1 - final_fraction) * (1 + cos(pi p)) / 2)`,
@@ -194,37 +207,16 @@ class Cosine(LearningRateSchedule):
         start_fraction: float = 0.0,
         final_fraction: float = 0.1,
     ) -> None:
-        self.peak_lr = _check_real("peak_lr", peak_lr, 0.0)
-        self.total_steps = _check_total_steps(total_steps)
-        self.warmup = warmup
-        self.warmup_steps = _resolve_steps("warmup", warmup, self.total_steps)
+        super().__init__(peak_lr, total_steps, warmup, start_fraction, final_fraction, decay_shape="cosine")
         _check_phases_fit(self.total_steps, warmup=(warmup, self.warmup_steps))
-        self.start_fraction = _check_real("start_fraction", start_fraction, 0.0, 1.0)
-        self.final_fraction = _check_real("final_fraction", final_fraction, 0.0, 1.0)
 
-    def __call__(self, step: Any) -> Any:
-        step = _as_step(step)
+    def after_warmup(self, step: Any) -> Any:
         decay_steps = max(self.total_steps - self.warmup_steps, 1)
-        progress = ops.clip((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
-        decayed = self.peak_lr * (self.final_fraction + (1.0 - self.final_fraction) * _cosine(progress))
-        return ops.where(
-            step < self.warmup_steps,
-            _warmup(step, self.peak_lr, self.warmup_steps, self.start_fraction),
-            decayed,
-        )
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "peak_lr": self.peak_lr,
-            "total_steps": self.total_steps,
-            "warmup": self.warmup,
-            "start_fraction": self.start_fraction,
-            "final_fraction": self.final_fraction,
-        }
+        return self.decayed(ops.clip((step - self.warmup_steps) / decay_steps, 0.0, 1.0))
 
 
 @keras.saving.register_keras_serializable(package="theseus")
-class Constant(LearningRateSchedule):
+class Constant(Schedule):
     """`peak_lr` throughout, after an optional linear warmup (WSD's).
 
     Args:
@@ -241,32 +233,15 @@ class Constant(LearningRateSchedule):
         warmup: FractionOrSteps = 0,
         start_fraction: float = 0.0,
     ) -> None:
-        self.peak_lr = _check_real("peak_lr", peak_lr, 0.0)
-        self.total_steps = _check_total_steps(total_steps)
-        self.warmup = warmup
-        self.warmup_steps = _resolve_steps("warmup", warmup, self.total_steps)
+        super().__init__(peak_lr, total_steps, warmup, start_fraction)
         _check_phases_fit(self.total_steps, warmup=(warmup, self.warmup_steps))
-        self.start_fraction = _check_real("start_fraction", start_fraction, 0.0, 1.0)
 
-    def __call__(self, step: Any) -> Any:
-        step = _as_step(step)
-        return ops.where(
-            step < self.warmup_steps,
-            _warmup(step, self.peak_lr, self.warmup_steps, self.start_fraction),
-            ops.full_like(step, self.peak_lr),
-        )
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "peak_lr": self.peak_lr,
-            "total_steps": self.total_steps,
-            "warmup": self.warmup,
-            "start_fraction": self.start_fraction,
-        }
+    def after_warmup(self, step: Any) -> Any:
+        return ops.full_like(step, self.peak_lr)
 
 
 @keras.saving.register_keras_serializable(package="theseus")
-class WSDS(LearningRateSchedule):
+class WSDS(Schedule):
     """WSD-S: warmup-stable-decay cycles within one run (MiniCPM's WSD-S, levanter's cycles).
 
     The run is cut at `cycles` (the steps where each cycle ends; `total_steps` closes the
@@ -283,6 +258,7 @@ class WSDS(LearningRateSchedule):
         rewarmup: re-warm length at the start of each later cycle (fraction of the cycle, or steps).
     """
 
+    # like WSD's: each schedule's own arguments are its public, serialised config (`get_config`)
     def __init__(
         self,
         peak_lr: float,
@@ -295,14 +271,8 @@ class WSDS(LearningRateSchedule):
         start_fraction: float = 0.0,
         final_fraction: float = 0.0,
     ) -> None:
-        self.peak_lr = _check_real("peak_lr", peak_lr, 0.0)
-        self.total_steps = _check_total_steps(total_steps)
-        self.cycles, self.warmup, self.decay, self.rewarmup = list(cycles), warmup, decay, rewarmup
-        if decay_shape not in DECAY_SHAPES:
-            raise ValueError(f"Argument `decay_shape` must be one of {DECAY_SHAPES}. Received: decay_shape={decay_shape!r}")
-        self.decay_shape = decay_shape
-        self.start_fraction = _check_real("start_fraction", start_fraction, 0.0, 1.0)
-        self.final_fraction = _check_real("final_fraction", final_fraction, 0.0, 1.0)
+        super().__init__(peak_lr, total_steps, warmup, start_fraction, final_fraction, decay_shape)
+        self.cycles, self.decay, self.rewarmup = list(cycles), decay, rewarmup
         ends = [_resolve_steps("cycles", c, self.total_steps) for c in self.cycles]
         if ends and ends[-1] == self.total_steps:
             ends = ends[:-1]
@@ -313,7 +283,6 @@ class WSDS(LearningRateSchedule):
             )
         self.ends = ends + [self.total_steps]
         self.starts = [0] + ends
-        self.warmup_steps = _resolve_steps("warmup", warmup, self.total_steps)
         self.decay_steps, self.rewarmup_steps = [], []
         for index, (start, end) in enumerate(zip(self.starts, self.ends)):
             length = end - start
@@ -323,10 +292,8 @@ class WSDS(LearningRateSchedule):
             self.decay_steps.append(d)
             self.rewarmup_steps.append(w)
 
-    def _decay_factor(self, progress: Any) -> Any:
-        return WSD._decay_factor(self, progress)
-
     def __call__(self, step: Any) -> Any:
+        """Each step in its own cycle: that cycle's (re)warmup, then WSD's stable and decay phases."""
         step = _as_step(step)
         inner_ends = ops.convert_to_tensor(self.ends[:-1] or [self.total_steps + 1], "float32")
         index = ops.sum(ops.cast(ops.expand_dims(step, -1) >= inner_ends, "int32"), axis=-1)  # cycle of each step
@@ -341,23 +308,8 @@ class WSDS(LearningRateSchedule):
         local = step - start
         decay_start = end - decay_steps
         progress = ops.clip((step - decay_start) / ops.maximum(decay_steps, 1.0), 0.0, 1.0)
-        decayed = self.peak_lr * (self.final_fraction + (1.0 - self.final_fraction) * self._decay_factor(progress))
-        warm = self.peak_lr * (warm_from + (1.0 - warm_from) * local / ops.maximum(warm_steps, 1.0))
-        stable_or_decay = ops.where(step < decay_start, self.peak_lr, decayed)
-        return ops.where(local < warm_steps, warm, stable_or_decay)
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "peak_lr": self.peak_lr,
-            "total_steps": self.total_steps,
-            "cycles": self.cycles,
-            "warmup": self.warmup,
-            "decay": self.decay,
-            "rewarmup": self.rewarmup,
-            "decay_shape": self.decay_shape,
-            "start_fraction": self.start_fraction,
-            "final_fraction": self.final_fraction,
-        }
+        stable_or_decay = ops.where(step < decay_start, self.peak_lr, self.decayed(progress))
+        return ops.where(local < warm_steps, self.ramp(local, warm_steps, warm_from), stable_or_decay)
 
 
 # ---------------------------------------------------------------------------- registry
@@ -371,7 +323,7 @@ SCHEDULES: dict[str, Callable[..., LearningRateSchedule]] = {
 
 
 def build_schedule(
-    schedule: Union[str, LearningRateSchedule, Callable[..., LearningRateSchedule]],
+    schedule: str | LearningRateSchedule | Callable[..., LearningRateSchedule],
     *,
     peak_lr: float,
     total_steps: int,

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 from keras import ops
-
 from support import needs_jax
+
 from theseus.model.layers.attention import attend, cache_attention_mask
 
 

@@ -3,9 +3,12 @@
 import keras
 import numpy as np
 import pytest
-
-from theseus.model.models.causal_lm import IGNORE_INDEX, CausalLMLoss
 from support import needs_jax
+
+from theseus.data.targets import IGNORE_INDEX
+from theseus.model.axes import TENSOR_PARALLEL
+from theseus.model.models import GPT, Llama
+from theseus.model.models.causal_lm import CausalLMLoss, DecoderLM
 
 
 @pytest.mark.parametrize("ignored", [0.0, 0.3, 1.0])
@@ -38,3 +41,20 @@ def test_loss_gradient_equals_keras():
     theirs = jax.grad(lambda z: reference(targets, z))(logits)
     np.testing.assert_allclose(ours, theirs, atol=1e-7)
     assert np.all(np.asarray(ours)[0, :2] == 0)  # ignored targets get no gradient
+
+
+@pytest.mark.parametrize("family", [GPT, Llama])
+def test_families_share_the_decoder_and_its_default_sharding(family):
+    model = family(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32)
+    assert isinstance(model, DecoderLM) and model.sharding == TENSOR_PARALLEL
+    ids = np.arange(12, dtype="int32").reshape(2, 6)
+    mask = np.array([[True] * 6, [False] * 2 + [True] * 4])
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(model({"token_ids": ids, "padding_mask": mask})),
+        keras.ops.convert_to_numpy(model(ids, padding_mask=mask)),
+    )
+    assert model.compute_output_shape({"token_ids": (2, 6)}) == (2, 6, 64)
+    cache = model.init_cache(2, 10)
+    assert len(cache) == 1 and tuple(cache[0][0].shape) == (2, 10, 2, 16)
+    block = model.blocks[0]  # a block's config is its constructor arguments
+    assert type(block).from_config(block.get_config()).get_config() == block.get_config()

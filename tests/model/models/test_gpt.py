@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from theseus.model.models import GPT, IGNORE_INDEX
+from theseus.data.targets import IGNORE_INDEX
+from theseus.model.models import GPT
 from theseus.training.schedules import WSD
 
 SMALL = dict(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
@@ -49,7 +50,11 @@ def test_loss_ignores_masked_targets():
     y = rng.integers(0, 64, (2, 16)).astype("int32")
     y[:, 8:] = IGNORE_INDEX
     logits = ops.convert_to_numpy(model(x)).astype(np.float64)
-    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    logp = (
+        logits
+        - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+        - logits.max(-1, keepdims=True)
+    )
     want = -np.take_along_axis(logp[:, :8], y[:, :8, None], -1).mean()
     got = model.evaluate(x, y, verbose=0)
     assert got == pytest.approx(want, rel=1e-5)

@@ -66,8 +66,13 @@ def test_tied_head_is_the_embedding_and_config_round_trips():
     tied.build((None, 8))
     untied.build((None, 8))
     assert untied.count_params() - tied.count_params() == 32 * 64
-    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 16}
+    scaling = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+    }
     model = Llama(**SMALL, rope_scaling=scaling, sliding_window=4)
     clone = Llama.from_config(model.get_config())
     assert clone.get_config() == model.get_config() and clone.rope_scaling == scaling

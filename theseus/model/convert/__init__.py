@@ -2,7 +2,8 @@
 
 `FAMILIES` maps config.json's `model_type` to its `Family`: how the config becomes a
 theseus model's constructor arguments and back, and which theseus weights each
-checkpoint tensor fills.
+checkpoint tensor fills (whose own logical axes then shard it). `checkpoint` reads a
+model folder; `safetensors` reads and writes the weight files.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from theseus.config import ConfigError, fields_of
-from theseus.model.convert.base import Family, HFTensor, LogicalAxes
+from theseus.model.convert.base import Family, HFTensor
 from theseus.model.convert.gpt2 import GPT2
 from theseus.model.convert.llama import LLAMA, MISTRAL, QWEN2, QWEN3
 
@@ -38,4 +39,4 @@ def family_of(model: Any) -> Family:
     raise ConfigError(f"{type(model).__name__} matches no Hugging Face family ({'; '.join(reasons)})")
 
 
-__all__ = ["FAMILIES", "Family", "HFTensor", "LogicalAxes", "family_of", "model_kwargs"]
+__all__ = ["FAMILIES", "Family", "HFTensor", "family_of", "model_kwargs"]

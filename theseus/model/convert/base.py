@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ class HFTensor:
         shape[self.split_axis] //= len(self.parts)
         return tuple(reversed(shape)) if self.transpose else tuple(shape)
 
-    def part_axes(self, axes: Optional[LogicalAxes]) -> Optional[LogicalAxes]:
+    def part_axes(self, axes: LogicalAxes | None) -> LogicalAxes | None:
         """The logical axes of each part, given those of the checkpoint tensor."""
         if axes is None:
             return None
@@ -68,8 +69,6 @@ class Family:
         to_hf: constructor arguments -> config.json entries (ConfigError if it cannot
             express them).
         tensors: constructor arguments -> every tensor of the checkpoint.
-        axes: tensor-name pattern (regular expression) -> logical axes of the tensor
-            as the checkpoint stores it.
         buffers: pattern of checkpoint entries that are not weights (old causal-mask or
             rotary buffers), skipped on load.
     """
@@ -81,7 +80,6 @@ class Family:
     from_hf: Callable[[dict], dict]
     to_hf: Callable[[dict], dict]
     tensors: Callable[[dict], list[HFTensor]]
-    axes: dict[str, LogicalAxes]
     buffers: str = r"$^"
 
     def is_buffer(self, name: str) -> bool:
@@ -93,6 +91,12 @@ def need(config: dict, key: str) -> Any:
     if config.get(key) is None:
         raise ConfigError(f"config.json has no '{key}', which a {config.get('model_type')} model needs")
     return config[key]
+
+
+def renamed(values: dict, names: dict[str, str]) -> dict:
+    """The entries of `values` that `names` lists, each under its new name (theseus's
+    constructor arguments as config.json spells them)."""
+    return {new: values[old] for old, new in names.items()}
 
 
 def refuse(condition: bool, message: str) -> None:

@@ -7,19 +7,41 @@ stored `(in, out)` like theseus kernels, and fuses q, k and v into one `c_attn`
 
 from __future__ import annotations
 
-from theseus.model.axes import Axes
-from theseus.model.convert.base import Family, HFTensor, need, refuse
+from theseus.model.convert.base import Family, HFTensor, need, refuse, renamed
 from theseus.model.models.gpt import GPT
 
-ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu", "swish": "silu"}
+ACTIVATIONS = {
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu": "gelu",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+}
+HF_NAMES = {  # theseus argument: config.json entry
+    "vocab_size": "vocab_size",
+    "block_size": "n_positions",
+    "n_layer": "n_layer",
+    "n_head": "n_head",
+    "n_embd": "n_embd",
+    "dropout": "resid_pdrop",
+    "norm_eps": "layer_norm_epsilon",
+    "tie_embeddings": "tie_word_embeddings",
+}
 TO_HF_ACTIVATION = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
 
 
 def from_hf(config: dict) -> dict:
     activation = config.get("activation_function", "gelu_new")
-    refuse(activation not in ACTIVATIONS, f"gpt2 activation_function {activation!r} is not supported; supported: {sorted(ACTIVATIONS)}")
+    refuse(
+        activation not in ACTIVATIONS,
+        f"gpt2 activation_function {activation!r} is not supported; supported: {sorted(ACTIVATIONS)}",
+    )
     refuse(not config.get("scale_attn_weights", True), "gpt2 with scale_attn_weights=false is not supported")
-    refuse(config.get("scale_attn_by_inverse_layer_idx", False), "gpt2 with scale_attn_by_inverse_layer_idx is not supported")
+    refuse(
+        config.get("scale_attn_by_inverse_layer_idx", False),
+        "gpt2 with scale_attn_by_inverse_layer_idx is not supported",
+    )
     refuse(config.get("add_cross_attention", False), "gpt2 with cross-attention is not a decoder-only model")
     return dict(
         vocab_size=need(config, "vocab_size"),
@@ -41,17 +63,10 @@ def to_hf(kw: dict) -> dict:
     refuse(kw["position"] != "learned", "only a GPT with learned positions is a GPT-2 (this one uses rope)")
     refuse(not kw["bias"], "only a GPT with biases is a GPT-2 (this one has bias=false)")
     return dict(
-        vocab_size=kw["vocab_size"],
-        n_positions=kw["block_size"],
-        n_layer=kw["n_layer"],
-        n_head=kw["n_head"],
-        n_embd=kw["n_embd"],
+        renamed(kw, HF_NAMES),
         n_inner=kw["n_embd_ff"] or 4 * kw["n_embd"],
         activation_function=TO_HF_ACTIVATION[kw["activation"]],
-        resid_pdrop=kw["dropout"],
         embd_pdrop=kw["dropout"],
-        layer_norm_epsilon=kw["norm_eps"],
-        tie_word_embeddings=kw["tie_embeddings"],
         scale_attn_weights=True,
         scale_attn_by_inverse_layer_idx=False,
     )
@@ -90,21 +105,6 @@ def tensors(kw: dict) -> list[HFTensor]:
     return found
 
 
-# Logical axes of each GPT-2 tensor as stored (Conv1D: (in, out)).
-AXES = {
-    r"(transformer\.)?wte\.weight": (Axes.VOCAB, Axes.N_EMBD),
-    r"(transformer\.)?wpe\.weight": (Axes.BLOCK_SIZE, Axes.N_EMBD),
-    r"(transformer\.)?(h\.\d+\.ln_[12]|ln_f)\.(weight|bias)": (Axes.N_EMBD,),
-    r"(transformer\.)?h\.\d+\.attn\.c_attn\.weight": (Axes.N_EMBD, Axes.N_ATTN),
-    r"(transformer\.)?h\.\d+\.attn\.c_attn\.bias": (Axes.N_ATTN,),
-    r"(transformer\.)?h\.\d+\.attn\.c_proj\.weight": (Axes.N_EMBD_OUT, Axes.N_EMBD),
-    r"(transformer\.)?h\.\d+\.(attn|mlp)\.c_proj\.bias": (Axes.N_EMBD,),
-    r"(transformer\.)?h\.\d+\.mlp\.c_fc\.weight": (Axes.N_EMBD, Axes.N_EMBD_FF),
-    r"(transformer\.)?h\.\d+\.mlp\.c_fc\.bias": (Axes.N_EMBD_FF,),
-    r"(transformer\.)?h\.\d+\.mlp\.c_proj\.weight": (Axes.N_EMBD_FF, Axes.N_EMBD),
-    r"lm_head\.weight": (Axes.VOCAB, Axes.N_EMBD),
-}
-
 GPT2 = Family(
     model_type="gpt2",
     architecture="GPT2LMHeadModel",
@@ -113,6 +113,5 @@ GPT2 = Family(
     from_hf=from_hf,
     to_hf=to_hf,
     tensors=tensors,
-    axes=AXES,
     buffers=r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)",
 )

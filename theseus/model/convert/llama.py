@@ -9,16 +9,25 @@ so q and k need no permutation.
 
 from __future__ import annotations
 
-from typing import Optional
-
-from theseus.model.axes import Axes
-from theseus.model.convert.base import Family, HFTensor, need, refuse
+from theseus.model.convert.base import Family, HFTensor, need, refuse, renamed
 from theseus.model.models.llama import Llama
 
+HF_NAMES = {  # theseus argument: config.json entry
+    "vocab_size": "vocab_size",
+    "block_size": "max_position_embeddings",
+    "n_layer": "num_hidden_layers",
+    "n_head": "num_attention_heads",
+    "n_kv_head": "num_key_value_heads",
+    "n_embd": "hidden_size",
+    "n_embd_ff": "intermediate_size",
+    "head_dim": "head_dim",
+    "norm_eps": "rms_norm_eps",
+    "tie_embeddings": "tie_word_embeddings",
+}
 ROPE_TYPES = ("default", "linear", "llama3")
 
 
-def rope(config: dict) -> tuple[float, Optional[dict]]:
+def rope(config: dict) -> tuple[float, dict | None]:
     """`(rope_theta, rope_scaling)` from config.json, in transformers 5's `rope_parameters`
     form or the older `rope_theta` + `rope_scaling` one."""
     params = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
@@ -35,7 +44,7 @@ def rope(config: dict) -> tuple[float, Optional[dict]]:
     return theta, (params if kind != "default" else None)
 
 
-def window(config: dict) -> Optional[int]:
+def window(config: dict) -> int | None:
     """The sliding attention window every layer uses, or None; mixed layers are refused."""
     if config.get("model_type") in ("qwen2", "qwen3") and not config.get("use_sliding_window", False):
         return None
@@ -79,17 +88,8 @@ def from_hf(config: dict) -> dict:
 
 def _common(kw: dict) -> dict:
     return dict(
-        vocab_size=kw["vocab_size"],
-        max_position_embeddings=kw["block_size"],
-        num_hidden_layers=kw["n_layer"],
-        num_attention_heads=kw["n_head"],
-        num_key_value_heads=kw["n_kv_head"],
-        hidden_size=kw["n_embd"],
-        intermediate_size=kw["n_embd_ff"],
-        head_dim=kw["head_dim"],
+        renamed(kw, HF_NAMES),
         rope_parameters={"rope_type": "default", **(kw["rope_scaling"] or {}), "rope_theta": kw["rope_theta"]},
-        rms_norm_eps=kw["norm_eps"],
-        tie_word_embeddings=kw["tie_embeddings"],
         hidden_act="silu",
     )
 
@@ -101,7 +101,9 @@ def _no(kw: dict, model_type: str, *settings: str) -> None:
 
 def llama_to_hf(kw: dict) -> dict:
     _no(kw, "llama", "qk_norm", "sliding_window")
-    refuse(kw["qkv_bias"] != kw["out_bias"], "llama biases all four attention projections or none (qkv_bias = out_bias)")
+    refuse(
+        kw["qkv_bias"] != kw["out_bias"], "llama biases all four attention projections or none (qkv_bias = out_bias)"
+    )
     return {**_common(kw), "attention_bias": kw["qkv_bias"], "mlp_bias": kw["mlp_bias"]}
 
 
@@ -113,8 +115,12 @@ def mistral_to_hf(kw: dict) -> dict:
 def _qwen_window(kw: dict) -> dict:
     size = kw["sliding_window"]
     kind = "sliding_attention" if size else "full_attention"
-    return dict(use_sliding_window=bool(size), sliding_window=size, max_window_layers=0 if size else kw["n_layer"],
-                layer_types=[kind] * kw["n_layer"])
+    return dict(
+        use_sliding_window=bool(size),
+        sliding_window=size,
+        max_window_layers=0 if size else kw["n_layer"],
+        layer_types=[kind] * kw["n_layer"],
+    )
 
 
 def qwen2_to_hf(kw: dict) -> dict:
@@ -126,7 +132,9 @@ def qwen2_to_hf(kw: dict) -> dict:
 def qwen3_to_hf(kw: dict) -> dict:
     _no(kw, "qwen3", "mlp_bias")
     refuse(not kw["qk_norm"], "a qwen3 model normalises query and key heads (qk_norm must be true)")
-    refuse(kw["qkv_bias"] != kw["out_bias"], "qwen3 biases all four attention projections or none (qkv_bias = out_bias)")
+    refuse(
+        kw["qkv_bias"] != kw["out_bias"], "qwen3 biases all four attention projections or none (qkv_bias = out_bias)"
+    )
     return {**_common(kw), **_qwen_window(kw), "attention_bias": kw["qkv_bias"]}
 
 
@@ -161,24 +169,6 @@ def tensors(kw: dict) -> list[HFTensor]:
     return found
 
 
-# Logical axes of each tensor as stored (nn.Linear: (out, in)).
-AXES = {
-    r"(model\.)?embed_tokens\.weight": (Axes.VOCAB, Axes.N_EMBD),
-    r"(model\.)?(layers\.\d+\.(input|post_attention)_layernorm|norm)\.weight": (Axes.N_EMBD,),
-    r"(model\.)?layers\.\d+\.self_attn\.q_proj\.weight": (Axes.N_ATTN, Axes.N_EMBD),
-    r"(model\.)?layers\.\d+\.self_attn\.q_proj\.bias": (Axes.N_ATTN,),
-    r"(model\.)?layers\.\d+\.self_attn\.[kv]_proj\.weight": (Axes.N_KV, Axes.N_EMBD),
-    r"(model\.)?layers\.\d+\.self_attn\.[kv]_proj\.bias": (Axes.N_KV,),
-    r"(model\.)?layers\.\d+\.self_attn\.o_proj\.weight": (Axes.N_EMBD, Axes.N_EMBD_OUT),
-    r"(model\.)?layers\.\d+\.(self_attn\.o_proj|mlp\.down_proj)\.bias": (Axes.N_EMBD,),
-    r"(model\.)?layers\.\d+\.self_attn\.[qk]_norm\.weight": (None,),  # one head's width: never split
-    r"(model\.)?layers\.\d+\.mlp\.(gate|up)_proj\.weight": (Axes.N_EMBD_FF, Axes.N_EMBD),
-    r"(model\.)?layers\.\d+\.mlp\.(gate|up)_proj\.bias": (Axes.N_EMBD_FF,),
-    r"(model\.)?layers\.\d+\.mlp\.down_proj\.weight": (Axes.N_EMBD, Axes.N_EMBD_FF),
-    r"lm_head\.weight": (Axes.VOCAB, Axes.N_EMBD),
-}
-
-
 def _family(model_type: str, architecture: str, to_hf) -> Family:
     return Family(
         model_type=model_type,
@@ -188,7 +178,6 @@ def _family(model_type: str, architecture: str, to_hf) -> Family:
         from_hf=from_hf,
         to_hf=to_hf,
         tensors=tensors,
-        axes=AXES,
         buffers=r".*rotary_emb\.inv_freq",
     )
 

@@ -1,4 +1,4 @@
-"""Safetensors files, read one tensor at a time.
+"""Safetensors files, read one tensor at a time and written one shard at a time.
 
 `safetensors`' own NumPy reader refuses bfloat16, the usual dtype of published checkpoints,
 and maps the whole file into memory; the format (an 8-byte header length, a JSON header of
@@ -10,13 +10,17 @@ Files are written with `safetensors.numpy.save_file`, which handles `ml_dtypes` 
 from __future__ import annotations
 
 import json
+import math
 import struct
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 
 from theseus.config import ConfigError
+
+INDEX_FILE = "model.safetensors.index.json"
 
 DTYPES = {
     "F64": np.dtype(np.float64),
@@ -51,7 +55,7 @@ class SafetensorsFile:
         self.entries: dict[str, dict] = header
         self._file = None
 
-    def __enter__(self) -> "SafetensorsFile":
+    def __enter__(self) -> SafetensorsFile:
         self._file = open(self.path, "rb")
         return self
 
@@ -82,3 +86,43 @@ class SafetensorsFile:
         if self._file.readinto(array.reshape(-1).view(np.uint8)) != array.nbytes:
             raise ConfigError(f"{self.path} is truncated: tensor '{name}' is incomplete")
         return array
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """The NumPy dtype named `name`, bfloat16 included (`ml_dtypes`)."""
+    return np.dtype(ml_dtypes.bfloat16) if str(name) == "bfloat16" else np.dtype(str(name))
+
+
+def write_shards(
+    folder: Path,
+    shapes: Sequence[tuple[str, tuple[int, ...]]],
+    array: Callable[[str], np.ndarray],
+    dtype: np.dtype,
+    max_shard_size: int,
+) -> None:
+    """Write the tensors `shapes` names, `array(name)` each, as `dtype`, into files of at most
+    `max_shard_size` bytes (with an index when more than one, as transformers writes them).
+    One shard at a time: only one shard's tensors are ever on the host together."""
+    from safetensors.numpy import save_file
+
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, shape in shapes:
+        nbytes = math.prod(shape) * dtype.itemsize
+        if shards[-1] and size + nbytes > max_shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    files = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    for file, shard in zip(files, shards):
+        save_file({name: array(name).astype(dtype) for name in shard}, str(folder / file), metadata={"format": "pt"})
+    if len(shards) > 1:
+        total = sum(math.prod(shape) for _, shape in shapes) * dtype.itemsize
+        weight_map = {name: file for file, shard in zip(files, shards) for name in shard}
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")

@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Optional
+from typing import Any
 
 import keras
 from keras import ops
 
 from theseus.model.axes import Axes
+from theseus.model.layers.base import Layer
 from theseus.model.layers.dense import Dense
 from theseus.model.layers.norms import RMSNorm
 from theseus.model.layers.rotary import apply_rotary
-from theseus.model.module import Module
 
 
-class CausalSelfAttention(Module):
+class CausalSelfAttention(Layer):
     """Multi-head causal self-attention (`attend`: `keras.ops.dot_product_attention` where it is fast).
 
     Args:
@@ -36,11 +36,23 @@ class CausalSelfAttention(Module):
         init_std / out_init_std: normal initializer scales (input / output projections).
     """
 
+    config_args = (
+        "n_head",
+        "head_dim",
+        "n_kv_head",
+        "qkv_bias",
+        "out_bias",
+        "qk_norm",
+        "qk_norm_eps",
+        "init_std",
+        "out_init_std",
+    )
+
     def __init__(
         self,
         n_head: int,
         head_dim: int,
-        n_kv_head: Optional[int] = None,
+        n_kv_head: int | None = None,
         qkv_bias: bool = True,
         out_bias: bool = True,
         qk_norm: bool = False,
@@ -119,20 +131,6 @@ class CausalSelfAttention(Module):
         y = self.output_proj(ops.reshape(y, (batch, length, self.n_head * self.head_dim)))
         return (y, cache) if cache is not None else y
 
-    def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "n_head": self.n_head,
-            "head_dim": self.head_dim,
-            "n_kv_head": self.n_kv_head,
-            "qkv_bias": self.qkv_bias,
-            "out_bias": self.out_bias,
-            "qk_norm": self.qk_norm,
-            "qk_norm_eps": self.qk_norm_eps,
-            "init_std": self.init_std,
-            "out_init_std": self.out_init_std,
-        }
-
 
 @functools.cache
 def fused_attention_available() -> bool:
@@ -150,7 +148,7 @@ def fused_attention_available() -> bool:
     return jax.default_backend() != "cpu"
 
 
-def attend(q, k, v, mask=None, fused: Optional[bool] = None):
+def attend(q, k, v, mask=None, fused: bool | None = None):
     """`softmax(q kᵀ / sqrt(hd)) v` per head, for q (B, T, H, hd) and k, v (B, S, H, hd).
 
     `mask` (B, T, S) is True where a query may attend a key; None means causal (T == S).
@@ -183,7 +181,7 @@ def cache_positions(padding_mask):
     return ops.maximum(ops.cumsum(ops.cast(padding_mask, "int32"), axis=1) - 1, 0)
 
 
-def cache_attention_mask(padding_mask, start, length: int, sliding_window: Optional[int] = None):
+def cache_attention_mask(padding_mask, start, length: int, sliding_window: int | None = None):
     """(B, T, S) True where the token in cache slot `start + t` may attend slot `s`.
 
     Allowed: earlier or equal slots holding a real token (`padding_mask` (B, S) is true

@@ -6,13 +6,13 @@ theseus's projection: the adapters carry logical axes too, so a sharded model st
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import keras
 from keras import ops
 
 from theseus.model.axes import Axes
-from theseus.model.module import Module
+from theseus.model.layers.base import Layer
 
 
 def matmul(x, kernel):
@@ -27,7 +27,7 @@ def matmul(x, kernel):
     return ops.reshape(y, (*ops.shape(x)[:-1], ops.shape(kernel)[-1]))
 
 
-class Dense(Module):
+class Dense(Layer):
     """`x @ kernel (+ bias)` on the last axis; `axes` names the kernel's (input, output) axes.
 
     Args:
@@ -43,10 +43,12 @@ class Dense(Module):
         >>> up.enable_lora(8, alpha=16)  # only the (128, 8) and (8, 512) adapters train now
     """
 
+    config_args = ("units", "axes", "use_bias", "kernel_initializer")
+
     def __init__(
         self,
         units: int,
-        axes: tuple[Optional[Axes], Optional[Axes]],
+        axes: tuple[Axes | None, Axes | None],
         use_bias: bool = True,
         kernel_initializer: Any = "glorot_uniform",
         **kwargs: Any,
@@ -56,8 +58,8 @@ class Dense(Module):
         self.axes = tuple(axes)
         self.use_bias = use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.lora_rank: Optional[int] = None
-        self.lora_alpha: Optional[float] = None
+        self.lora_rank: int | None = None
+        self.lora_alpha: float | None = None
 
     @property
     def lora_enabled(self) -> bool:
@@ -86,7 +88,7 @@ class Dense(Module):
     def enable_lora(
         self,
         rank: int,
-        alpha: Optional[float] = None,
+        alpha: float | None = None,
         a_initializer: Any = "he_uniform",
         b_initializer: Any = "zeros",
     ) -> None:
@@ -105,12 +107,16 @@ class Dense(Module):
             raise ValueError(f"Argument `rank` must be a positive integer. Received: rank={rank!r}")
         self._tracker.unlock()  # Keras locks a built layer's state; adapters are new state
         self.lora_kernel_a = self.add_weight(
-            name="lora_kernel_a", shape=(self.kernel.shape[0], rank),
-            initializer=keras.initializers.get(a_initializer), axes=(self.axes[0], None),
+            name="lora_kernel_a",
+            shape=(self.kernel.shape[0], rank),
+            initializer=keras.initializers.get(a_initializer),
+            axes=(self.axes[0], None),
         )
         self.lora_kernel_b = self.add_weight(
-            name="lora_kernel_b", shape=(rank, self.units),
-            initializer=keras.initializers.get(b_initializer), axes=(None, self.axes[1]),
+            name="lora_kernel_b",
+            shape=(rank, self.units),
+            initializer=keras.initializers.get(b_initializer),
+            axes=(None, self.axes[1]),
         )
         self._tracker.lock()
         self.kernel.trainable = False
@@ -132,17 +138,8 @@ class Dense(Module):
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (*input_shape[:-1], self.units)
 
-    def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "units": self.units,
-            "axes": [a.value if a is not None else None for a in self.axes],
-            "use_bias": self.use_bias,
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-        }
 
-
-class Embedding(Module):
+class Embedding(Layer):
     """Token embedding `(vocab, width)`; `attend` reuses it as a tied output head.
 
     Args:
@@ -152,11 +149,13 @@ class Embedding(Module):
         initializer: Keras initializer for the table.
     """
 
+    config_args = ("vocab_size", "width", "axes", "initializer")
+
     def __init__(
         self,
         vocab_size: int,
         width: int,
-        axes: tuple[Optional[Axes], Optional[Axes]] = (Axes.VOCAB, Axes.N_EMBD),
+        axes: tuple[Axes | None, Axes | None] = (Axes.VOCAB, Axes.N_EMBD),
         initializer: Any = "random_normal",
         **kwargs: Any,
     ) -> None:
@@ -166,7 +165,7 @@ class Embedding(Module):
         self.axes = tuple(axes)
         self.initializer = keras.initializers.get(initializer)
 
-    def build(self, input_shape: Optional[tuple] = None) -> None:
+    def build(self, input_shape: tuple | None = None) -> None:
         self.embeddings = self.add_weight(
             name="embeddings",
             shape=(self.vocab_size, self.width),
@@ -183,12 +182,3 @@ class Embedding(Module):
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (*input_shape, self.width)
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "vocab_size": self.vocab_size,
-            "width": self.width,
-            "axes": [a.value if a is not None else None for a in self.axes],
-            "initializer": keras.initializers.serialize(self.initializer),
-        }

@@ -7,8 +7,8 @@ from typing import Any
 import keras
 
 from theseus.model.axes import Axes
+from theseus.model.layers.base import Layer
 from theseus.model.layers.dense import Dense
-from theseus.model.module import Module
 
 ACTIVATIONS = {
     "gelu": lambda x: keras.activations.gelu(x, approximate=False),
@@ -24,7 +24,7 @@ def get_activation(name: str):
     return ACTIVATIONS[name]
 
 
-class MLP(Module):
+class MLP(Layer):
     """`down(act(up(x)))`: the column-parallel up and row-parallel down projections.
 
     Args:
@@ -34,6 +34,8 @@ class MLP(Module):
         use_bias: biases on both projections.
         init_std / out_init_std: normal initializer scales for up / down.
     """
+
+    config_args = ("width", "hidden", "activation", "use_bias", "init_std", "out_init_std")
 
     def __init__(
         self,
@@ -59,17 +61,6 @@ class MLP(Module):
 
     def call(self, x):
         return self.down(self._act(self.up(x)))
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "width": self.width,
-            "hidden": self.hidden,
-            "activation": self.activation,
-            "use_bias": self.use_bias,
-            "init_std": self.init_std,
-            "out_init_std": self.out_init_std,
-        }
 
 
 class GatedMLP(MLP):

@@ -7,14 +7,31 @@ from typing import Any
 from keras import ops
 
 from theseus.model.axes import Axes
-from theseus.model.module import Module
+from theseus.model.layers.base import Layer
 
 
-def _names(axes):
-    return [a.value if a is not None else None for a in axes]
+class Norm(Layer):
+    """Normalisation over the last axis, computed in float32 and cast back to the input's dtype.
+
+    Args:
+        epsilon: added to the variance (or mean square).
+        axes: logical axes of the normalised dimension (None for a per-head norm).
+    """
+
+    def __init__(self, epsilon: float, axes=(Axes.N_EMBD,), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+        self.axes = tuple(axes)
+
+    def call(self, x):
+        return ops.cast(self.normalize(ops.cast(x, "float32")), x.dtype)
+
+    def normalize(self, x):
+        """The float32 result for float32 `x`."""
+        raise NotImplementedError
 
 
-class LayerNorm(Module):
+class LayerNorm(Norm):
     """Layer normalisation over the last axis, with scale and (optional) shift.
 
     Args:
@@ -23,36 +40,27 @@ class LayerNorm(Module):
         axes: logical axes of the normalised dimension.
     """
 
+    config_args = ("epsilon", "use_bias", "axes")
+
     def __init__(self, epsilon: float = 1e-5, use_bias: bool = True, axes=(Axes.N_EMBD,), **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.epsilon = epsilon
+        super().__init__(epsilon, axes, **kwargs)
         self.use_bias = use_bias
-        self.axes = tuple(axes)
 
     def build(self, input_shape: tuple) -> None:
         width = input_shape[-1]
         self.gamma = self.add_weight(name="gamma", shape=(width,), initializer="ones", axes=self.axes)
         self.beta = (
-            self.add_weight(name="beta", shape=(width,), initializer="zeros", axes=self.axes)
-            if self.use_bias
-            else None
+            self.add_weight(name="beta", shape=(width,), initializer="zeros", axes=self.axes) if self.use_bias else None
         )
 
-    def call(self, x):
-        dtype = x.dtype
-        x = ops.cast(x, "float32")
+    def normalize(self, x):
         mean = ops.mean(x, axis=-1, keepdims=True)
         var = ops.mean(ops.square(x - mean), axis=-1, keepdims=True)
         y = (x - mean) * ops.rsqrt(var + self.epsilon) * ops.cast(self.gamma, "float32")
-        if self.beta is not None:
-            y = y + ops.cast(self.beta, "float32")
-        return ops.cast(y, dtype)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "epsilon": self.epsilon, "use_bias": self.use_bias, "axes": _names(self.axes)}
+        return y + ops.cast(self.beta, "float32") if self.beta is not None else y
 
 
-class RMSNorm(Module):
+class RMSNorm(Norm):
     """Root-mean-square normalisation (no centring, no shift), as in Llama.
 
     Args:
@@ -61,26 +69,17 @@ class RMSNorm(Module):
         axes: logical axes of the normalised dimension (None for a per-head norm).
     """
 
+    config_args = ("epsilon", "unit_offset", "axes")
+
     def __init__(self, epsilon: float = 1e-6, unit_offset: bool = False, axes=(Axes.N_EMBD,), **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.epsilon = epsilon
+        super().__init__(epsilon, axes, **kwargs)
         self.unit_offset = unit_offset
-        self.axes = tuple(axes)
 
     def build(self, input_shape: tuple) -> None:
-        self.gamma = self.add_weight(
-            name="gamma",
-            shape=(input_shape[-1],),
-            initializer="zeros" if self.unit_offset else "ones",
-            axes=self.axes,
-        )
+        initializer = "zeros" if self.unit_offset else "ones"
+        self.gamma = self.add_weight(name="gamma", shape=(input_shape[-1],), initializer=initializer, axes=self.axes)
 
-    def call(self, x):
-        dtype = x.dtype
-        x = ops.cast(x, "float32")
+    def normalize(self, x):
         y = x * ops.rsqrt(ops.mean(ops.square(x), axis=-1, keepdims=True) + self.epsilon)
         scale = ops.cast(self.gamma, "float32")
-        return ops.cast(y * (1.0 + scale if self.unit_offset else scale), dtype)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "epsilon": self.epsilon, "unit_offset": self.unit_offset, "axes": _names(self.axes)}
+        return y * (1.0 + scale if self.unit_offset else scale)

@@ -7,13 +7,13 @@ frequency scaling; `apply_rotary` rotates queries or keys with them.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from keras import ops
 
 
-def inverse_frequencies(head_dim: int, theta: float, scaling: Optional[dict[str, Any]] = None) -> np.ndarray:
+def inverse_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | None = None) -> np.ndarray:
     """`1 / theta^(2i/d)` per rotated pair, rescaled as `scaling["rope_type"]` asks.
 
     Supported scalings: None / "default", "linear" (`factor`), and "llama3" (`factor`,

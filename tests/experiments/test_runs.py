@@ -2,12 +2,20 @@ import pytest
 import yaml
 
 from theseus import cli
-from theseus.base import run as runs
+from theseus.experiments import runs
 
 TINY = {
-    "architecture/n_layer": 1, "architecture/n_embd": 32, "architecture/n_head": 2, "architecture/block_size": 32,
-    "training/batch_size": 4, "training/tokens": 4 * 32 * 2, "logging/validation_batches": 2,
-    "logging/progress_bar": False, "logging/peak_flops": 1e12, "logging/plot": False, "topology/devices": 1,
+    "architecture/n_layer": 1,
+    "architecture/n_embd": 32,
+    "architecture/n_head": 2,
+    "architecture/block_size": 32,
+    "training/batch_size": 4,
+    "training/tokens": 4 * 32 * 2,
+    "logging/validation_batches": 2,
+    "logging/progress_bar": False,
+    "logging/peak_flops": 1e12,
+    "logging/plot": False,
+    "topology/devices": 1,
 }
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from theseus.config import ConfigError
-from theseus.evaluation.loading import load
+from theseus.experiments.sources import load
 
 
-def read_prompts(prompts: Sequence[str], prompts_file: Optional[str]) -> list[str]:
+def read_prompts(prompts: Sequence[str], prompts_file: str | None) -> list[str]:
     """Prompts from the command line, then one per line of `prompts_file` (`\\n` in a
     line stands for a newline); at least one."""
     found = list(prompts)
@@ -23,7 +23,9 @@ def read_prompts(prompts: Sequence[str], prompts_file: Optional[str]) -> list[st
     return found
 
 
-def complete(source: str, prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 8, **settings) -> list[str]:
+def complete(
+    source: str, prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 8, **settings
+) -> list[str]:
     """The continuation of each prompt (stopping at the tokenizer's EOS); `settings` are
     `temperature`, `top_k`, `top_p`, `seed` (see `theseus.generation.Generator`)."""
     lm = load(source, batch_size=batch_size)

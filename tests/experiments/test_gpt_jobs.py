@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from theseus.evaluation.loading import load
+from theseus.experiments.sources import load
 
 TRAIN = """
 job: gpt/train/pretrain
@@ -45,7 +45,8 @@ def test_evaluate_a_trained_run_and_generate_from_it(tmp_path, theseus_cli):
     assert [row["step"] for row in during] == [24, 48]
     assert during[-1]["perplexity/nll"] == pytest.approx(results["perplexity"]["nll"], rel=1e-5)
 
-    printed = theseus_cli("generate", run, "--prompt", "The function ", "--prompt", "x", "--max-new-tokens", "12", check=True)
+    printed = theseus_cli(
+        "generate", run, "--prompt", "The function ", "--prompt", "x", "--max-new-tokens", "12", check=True
+    )
     completions = load(str(run)).generate(["The function ", "x"], 12)
     assert printed.stdout == "".join(f"{p}{c}\n{'-' * 40}\n" for p, c in zip(["The function ", "x"], completions))
-

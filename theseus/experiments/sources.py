@@ -1,4 +1,5 @@
-"""From a folder on disk to a `LanguageModel`: a training run, one checkpoint, or Hugging Face.
+"""Model sources: from a folder on disk to a `LanguageModel`, for `FAMILY/eval/evaluate`,
+`theseus generate` and lm-evaluation-harness (`theseus.experiments.harness`).
 
     RUN/                         a run folder (config.yaml + checkpoints/): its newest checkpoint
     RUN/checkpoints/step_N/      one checkpoint of a run
@@ -11,10 +12,19 @@ evaluation asks for it, the held-out data exactly as its training job validated 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, TypeVar
 
-from theseus.config import ConfigError
+from theseus.config import ConfigError, build
+from theseus.data import load_tokenizer
+from theseus.data.tokenizers import HFTokenizer
+from theseus.evaluation.evaluator import BaseEvaluator
 from theseus.evaluation.language_model import LanguageModel
+from theseus.experiments import runs
+from theseus.model.huggingface import HFCompat
+from theseus.model.models.causal_lm import as_causal_lm
+from theseus.training import checkpoint as ckpt
+
+M = TypeVar("M")
 
 RUN_CONFIG = "config.yaml"
 HF_CONFIG = "config.json"
@@ -47,8 +57,8 @@ def _run_config(checkpoint: Path) -> Path:
 def load(
     source: str,
     batch_size: int = 8,
-    max_length: Optional[int] = None,
-    model_class: Optional[type] = None,
+    max_length: int | None = None,
+    model_class: type | None = None,
 ) -> LanguageModel:
     """The model and tokenizer in `source`, as a `LanguageModel`.
 
@@ -66,12 +76,6 @@ def load(
 
 
 def _load_run(path: Path, kind: str):
-    from theseus.base import run as runs
-    from theseus.config import build
-    from theseus.data import load_tokenizer
-    from theseus.model.models.causal_lm import as_causal_lm
-    from theseus.training import checkpoint as ckpt
-
     run_dir = path if kind == "run" else path.parent.parent
     key, _, values = runs.read_config(run_dir / RUN_CONFIG if kind == "run" else _run_config(path))
     job_class = runs.job_class(key)
@@ -102,19 +106,29 @@ def _load_run(path: Path, kind: str):
         """The run's validation batches, from its own training job (built only if asked)."""
         nonlocal validation
         if validation is None:
-            validation = job_class(values).datasets(0)[1]
+            validation = job_class(values).datasets(0).validation
         return (validation[i] for i in range(len(validation)))
 
     return model, tokenizer, heldout
 
 
 def _load_huggingface(path: Path):
-    from theseus.data.tokenizers import HFTokenizer
-    from theseus.model.huggingface import HFCompat
-
     try:
         tokenizer = HFTokenizer(path)
     except FileNotFoundError as error:
         raise ConfigError(str(error)) from None
     # The family model inside: a GPT or Llama with the checkpoint's weights and a KV cache.
     return HFCompat(id=str(path)).architecture, tokenizer, None
+
+
+class RunEvaluator(BaseEvaluator[M]):
+    """Evaluate a `MODEL` from `evaluation/checkpoint`: a run folder, one of its checkpoints
+    or a Hugging Face folder (see `describe`)."""
+
+    def __init__(self, values: dict[str, Any], run_dir: Path | None = None) -> None:
+        super().__init__(values, run_dir)
+        describe(self.config.checkpoint)  # a wrong path fails before anything runs
+
+    def load(self) -> LanguageModel:
+        cfg = self.config
+        return load(cfg.checkpoint, batch_size=cfg.batch_size, max_length=cfg.max_length, model_class=self.MODEL)

@@ -15,11 +15,12 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
-from theseus.base import run as runs
 from theseus.config import ConfigError, resolve, write_atomic
+from theseus.experiments import runs
 from theseus.training import checkpoint as ckpt
 from theseus.training.schedules import DECAY_SHAPES, WSD
 
@@ -40,7 +41,9 @@ def parse_point(text: str, tokens_per_step: int) -> int:
         return int(number)
     tokens = float(number) * _TOKEN_UNITS[unit.lower()]
     if tokens % tokens_per_step:
-        raise ConfigError(f"--from {text!r}: {tokens:.0f} tokens is not a whole number of steps of {tokens_per_step} tokens")
+        raise ConfigError(
+            f"--from {text!r}: {tokens:.0f} tokens is not a whole number of steps of {tokens_per_step} tokens"
+        )
     return int(tokens // tokens_per_step)
 
 
@@ -85,7 +88,7 @@ class Parent:
             raise ConfigError(f"cannot branch: {error}") from None
         return found
 
-    def val_loss_at(self, step: int) -> Optional[float]:
+    def val_loss_at(self, step: int) -> float | None:
         """The parent's validation loss logged at `step`, if it validated there."""
         rows = _rows(self.run_dir / "metrics.jsonl")
         return next((r["val_loss"] for r in rows if r["step"] == step and "val_loss" in r), None)
@@ -103,9 +106,9 @@ def cooldown(
     *,
     fraction: float = 0.2,
     shape: str = "1-sqrt",
-    steps: Optional[int] = None,
-    name: Optional[str] = None,
-    overrides: Optional[dict[str, Any]] = None,
+    steps: int | None = None,
+    name: str | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Branch a cooldown from `run_dir`'s checkpoint at `point` and train it (resuming it
     if the branch folder exists). Returns the branch's result with its folder and length."""
@@ -130,18 +133,22 @@ def cooldown(
         "fraction": fraction if derived else None,
     }
     values = dict(parent.values)
-    values.update({
-        "training/tokens": (start + steps) * parent.tokens_per_step,
-        "optimization/warmup": parent.schedule.warmup_steps,
-        "optimization/decay": steps,
-        "optimization/decay_shape": shape,
-    })
+    values.update(
+        {
+            "training/tokens": (start + steps) * parent.tokens_per_step,
+            "optimization/warmup": parent.schedule.warmup_steps,
+            "optimization/decay": steps,
+            "optimization/decay_shape": shape,
+        }
+    )
     values = resolve(parent.fields, values, {k.replace(".", "/"): v for k, v in (overrides or {}).items()})
     branch_dir = parent.run_dir.parent / (name or f"{parent.run_dir.name}-cooldown-{start}")
     if branch_dir.exists():
         recorded = json.loads((branch_dir / BRANCH_FILE).read_text()) if (branch_dir / BRANCH_FILE).is_file() else None
         if recorded != branch:
-            raise ConfigError(f"{branch_dir} exists and is not this branch ({BRANCH_FILE} differs): pick another --name")
+            raise ConfigError(
+                f"{branch_dir} exists and is not this branch ({BRANCH_FILE} differs): pick another --name"
+            )
     else:
         _create_branch(branch_dir, parent, source, branch, values)
     runs.prepare_run_dir(branch_dir, parent.key, parent.fields, values)
@@ -169,7 +176,7 @@ def sweep(
     *,
     fraction: float = 0.2,
     shape: str = "1-sqrt",
-    overrides: Optional[dict[str, Any]] = None,
+    overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Cool down from every `every`-th stable checkpoint of `run_dir`; write `sweep.csv`,
     `sweep.md` and `sweep.png` (final validation loss against tokens) into it."""
@@ -182,20 +189,22 @@ def sweep(
     rows = []
     for start in points:
         result = cooldown(run_dir, start, fraction=fraction, shape=shape, overrides=overrides)
-        rows.append({
-            "branch_step": start,
-            "branch_tokens": start * parent.tokens_per_step,
-            "decay_steps": result["decay_steps"],
-            "tokens": (start + result["decay_steps"]) * parent.tokens_per_step,
-            "parent_val_loss": parent.val_loss_at(start),
-            "val_loss": result.get("val_loss", _last_val_loss(Path(result["run_dir"]))),
-            "run_dir": result["run_dir"],
-        })
+        rows.append(
+            {
+                "branch_step": start,
+                "branch_tokens": start * parent.tokens_per_step,
+                "decay_steps": result["decay_steps"],
+                "tokens": (start + result["decay_steps"]) * parent.tokens_per_step,
+                "parent_val_loss": parent.val_loss_at(start),
+                "val_loss": result.get("val_loss", _last_val_loss(Path(result["run_dir"]))),
+                "run_dir": result["run_dir"],
+            }
+        )
     write_sweep(parent.run_dir, rows)
     return rows
 
 
-def _last_val_loss(run_dir: Path) -> Optional[float]:
+def _last_val_loss(run_dir: Path) -> float | None:
     losses = [r["val_loss"] for r in _rows(run_dir / "metrics.jsonl") if "val_loss" in r]
     return losses[-1] if losses else None
 
@@ -208,10 +217,15 @@ def write_sweep(run_dir: Path, rows: Iterable[dict[str, Any]]) -> None:
         writer.writeheader()
         writer.writerows(rows)
     os.replace(run_dir / ".sweep.csv.tmp", run_dir / "sweep.csv")
-    table = ["| branch at step | tokens at end | decay steps | parent val loss | cooled val loss |", "|---|---|---|---|---|"]
+    table = [
+        "| branch at step | tokens at end | decay steps | parent val loss | cooled val loss |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         parent_loss = f"{r['parent_val_loss']:.4f}" if r["parent_val_loss"] is not None else "-"
-        table.append(f"| {r['branch_step']} | {r['tokens']:,} | {r['decay_steps']} | {parent_loss} | {r['val_loss']:.4f} |")
+        table.append(
+            f"| {r['branch_step']} | {r['tokens']:,} | {r['decay_steps']} | {parent_loss} | {r['val_loss']:.4f} |"
+        )
     write_atomic(run_dir / "sweep.md", "\n".join(table) + "\n")
     _plot(run_dir, rows)
 

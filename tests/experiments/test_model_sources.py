@@ -1,9 +1,9 @@
 import pytest
-
 from hf_checkpoints import save_checkpoint
+
 from theseus.config import ConfigError
-from theseus.evaluation.completions import complete, read_prompts
-from theseus.evaluation.loading import describe, load
+from theseus.experiments.completions import complete, read_prompts
+from theseus.experiments.sources import describe, load
 from theseus.model.models import GPT, Llama
 
 
@@ -21,7 +21,7 @@ def test_a_hugging_face_folder_completes_text_as_transformers_does(tmp_path):
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
             out = reference.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-        new = [t for t in out[0, ids["input_ids"].shape[1]:].tolist() if t != tokenizer.eos_token_id]
+        new = [t for t in out[0, ids["input_ids"].shape[1] :].tolist() if t != tokenizer.eos_token_id]
         assert text == tokenizer.decode(new)
     with pytest.raises(ConfigError, match="not a GPT"):
         load(str(folder), model_class=GPT)

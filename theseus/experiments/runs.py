@@ -1,4 +1,5 @@
-"""From a job key and config values to a run folder: lookup, validation, launch.
+"""From a job key and config values to a run folder: lookup, validation, launch, and
+the exit status both entry points (`theseus`, `python -m theseus.recipes`) end with.
 
 Everything that can be wrong with the input is checked before the run folder is
 touched, so bad input never creates or overwrites anything.
@@ -6,17 +7,27 @@ touched, so bad input never creates or overwrites anything.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 import time
+from collections.abc import Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from theseus.base import backend
 from theseus.base.multihost import is_primary
-from theseus.config import ConfigError, Field, collect, dump_yaml, flatten, load_yaml, resolve, write_atomic
+from theseus.config import (
+    ConfigError,
+    Field,
+    collect,
+    did_you_mean,
+    dump_yaml,
+    flatten,
+    load_yaml,
+    resolve,
+    write_atomic,
+)
 
 JOB_KEY = "job"
 CONFIG_FILE = "config.yaml"
@@ -35,7 +46,8 @@ def load_plugins() -> None:
 
 
 def jobs() -> dict[str, type]:
-    from theseus.experiments import JOBS
+    """`JOBS` with the plugins' jobs added."""
+    from theseus.experiments import JOBS  # the package imports every job module, some of which import this one
 
     load_plugins()
     return JOBS
@@ -44,9 +56,7 @@ def jobs() -> dict[str, type]:
 def job_class(key: str) -> type:
     registry = jobs()
     if key not in registry:
-        scored = sorted(((difflib.SequenceMatcher(None, key, k).ratio(), k) for k in registry), reverse=True)
-        close = [k for score, k in scored[:3] if score >= max(0.4, scored[0][0] - 0.02)]  # the best and its ties
-        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        hint = did_you_mean(key, registry, cutoff=0.4)
         raise ConfigError(f"unknown job '{key}'{hint}; `theseus jobs` lists them")
     return registry[key]
 
@@ -61,7 +71,9 @@ def table(cls: type) -> dict[str, Field]:
     return collect([*cls.components(), backend.Backend])
 
 
-def configure(key: str, overrides: Mapping[str, Any] | None = None, *, require: bool = False) -> tuple[dict[str, Field], dict[str, Any]]:
+def configure(
+    key: str, overrides: Mapping[str, Any] | None = None, *, require: bool = False
+) -> tuple[dict[str, Field], dict[str, Any]]:
     """The job's full config: defaults plus overrides, validated (`???` allowed unless `require`)."""
     fields = table(job_class(key))
     return fields, resolve(fields, {}, overrides, require=require)
@@ -92,8 +104,7 @@ def prepare_run_dir(run_dir: Path, key: str, fields: Mapping[str, Field], values
         old = flatten(load_yaml(existing))
         old_key = old.pop(JOB_KEY, None)
         changed = sorted(
-            k for k in set(old) | set(values)
-            if old.get(k) != values.get(k) and not k.startswith(RESUMABLE_CHANGES)
+            k for k in set(old) | set(values) if old.get(k) != values.get(k) and not k.startswith(RESUMABLE_CHANGES)
         )
         if old_key != key or changed:
             what = f"job {old_key!r}" if old_key != key else ", ".join(changed[:6])
@@ -138,4 +149,3 @@ def launch(
     contents = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir())
     print(f"run folder: {run_dir} ({', '.join(contents)})", flush=True)
     return result
-

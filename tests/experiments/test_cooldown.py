@@ -10,17 +10,29 @@ import time
 import numpy as np
 import pytest
 
-from theseus.base import run as runs
 from theseus.config import ConfigError
+from theseus.experiments import runs
+from theseus.experiments.cooldown import cooldown, parse_point, sweep
 from theseus.training import checkpoint as ckpt
-from theseus.training.cooldown import cooldown, parse_point, sweep
 
 PARENT = {
-    "architecture/n_layer": 1, "architecture/n_embd": 32, "architecture/n_head": 2, "architecture/block_size": 32,
-    "training/batch_size": 4, "training/tokens": 4 * 32 * 40, "optimization/lr": 3e-3,
-    "optimization/warmup": 4, "optimization/decay": 8, "optimization/final_lr_fraction": 0.1,
-    "logging/validation_interval": 5, "logging/validation_batches": 2, "logging/checkpoint_interval": 5,
-    "logging/log_interval": 1, "logging/keep_checkpoints": 0, "logging/progress_bar": False, "logging/plot": False,
+    "architecture/n_layer": 1,
+    "architecture/n_embd": 32,
+    "architecture/n_head": 2,
+    "architecture/block_size": 32,
+    "training/batch_size": 4,
+    "training/tokens": 4 * 32 * 40,
+    "optimization/lr": 3e-3,
+    "optimization/warmup": 4,
+    "optimization/decay": 8,
+    "optimization/final_lr_fraction": 0.1,
+    "logging/validation_interval": 5,
+    "logging/validation_batches": 2,
+    "logging/checkpoint_interval": 5,
+    "logging/log_interval": 1,
+    "logging/keep_checkpoints": 0,
+    "logging/progress_bar": False,
+    "logging/plot": False,
     "topology/devices": 1,
 }
 TOKENS_PER_STEP = 4 * 32
@@ -35,7 +47,7 @@ def parent(tmp_path_factory):
 
 
 def rows(run_dir):
-    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(text) for text in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_branch_points_parse_steps_and_tokens():
@@ -73,7 +85,9 @@ def test_branch_decays_from_the_stable_value_and_ends_lower(parent):
 
 @pytest.mark.slow
 def test_branching_outside_the_stable_phase_lists_the_points(parent):
-    with pytest.raises(ConfigError, match=r"step 35 is inside the decay phase.*stable-phase checkpoints: 5, 10, 15, 20, 25, 30"):
+    with pytest.raises(
+        ConfigError, match=r"step 35 is inside the decay phase.*stable-phase checkpoints: 5, 10, 15, 20, 25, 30"
+    ):
         cooldown(parent, 35)
     with pytest.raises(ConfigError, match=r"there is no checkpoint at step 7.*5, 10, 15"):
         cooldown(parent, 7)
@@ -83,8 +97,22 @@ def test_branching_outside_the_stable_phase_lists_the_points(parent):
 @pytest.mark.slow
 def test_a_killed_branch_resumes_to_the_same_weights(parent, tmp_path):
     def command(name):
-        return [sys.executable, "-m", "theseus.cli", "cooldown", str(parent), "--from", "30", "--steps", "8",
-                "--shape", "linear", "--name", name, "logging.checkpoint_interval=1"]
+        return [
+            sys.executable,
+            "-m",
+            "theseus.cli",
+            "cooldown",
+            str(parent),
+            "--from",
+            "30",
+            "--steps",
+            "8",
+            "--shape",
+            "linear",
+            "--name",
+            name,
+            "logging.checkpoint_interval=1",
+        ]
 
     subprocess.run(command("whole"), check=True, capture_output=True, timeout=600)
     killed = subprocess.Popen(command("killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -104,7 +132,9 @@ def test_a_killed_branch_resumes_to_the_same_weights(parent, tmp_path):
     def weights(name):
         with h5py.File(parent.parent / name / "checkpoints" / "step_00000038" / ckpt.MODEL_FILE) as f:
             arrays = {}
-            f.visititems(lambda key, item: arrays.__setitem__(key, np.array(item)) if isinstance(item, h5py.Dataset) else None)
+            f.visititems(
+                lambda key, item: arrays.__setitem__(key, np.array(item)) if isinstance(item, h5py.Dataset) else None
+            )
             return arrays
 
     whole, resumed = weights("whole"), weights("killed")

@@ -1,0 +1,243 @@
+"""Hugging Face model folders on disk: finding one, checking it, reading its weights.
+
+`HFCheckpoint` opens a folder (or a hub id already in the local cache; nothing is ever
+downloaded), checks its config.json and safetensors headers, and streams the tensors into
+a built theseus model's variables. `open_checkpoint`, `hf_tokenizer` and `check_vocabulary`
+are what a job needs to accept a folder and its tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from theseus.config import ConfigError
+from theseus.data import load_tokenizer
+from theseus.model.convert import FAMILIES, Family, HFTensor
+from theseus.model.convert.safetensors import INDEX_FILE, SafetensorsFile
+
+KEY = "architecture/huggingface/model"
+AUTO = "auto"
+"""`data/tokenizer: auto`: the checkpoint folder's own tokenizer."""
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+def resolve_folder(model_id: str) -> Path:
+    """The local folder of `model_id`: a folder, or a hub id's snapshot in the local cache."""
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ConfigError(f"{KEY}: {model_id} is a file, not a Hugging Face model folder")
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(model_id, local_files_only=True))
+    except HFValidationError:
+        raise ConfigError(f"{KEY}: no folder {model_id}") from None
+    except LocalEntryNotFoundError:
+        raise ConfigError(
+            f"{KEY}: '{model_id}' is neither a folder nor in the local Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}); theseus never downloads: fetch it first "
+            f"(`hf download {model_id}`) or give a folder"
+        ) from None
+
+
+class HFCheckpoint:
+    """A Hugging Face model folder: its config.json, family and safetensors files.
+
+    Opening one checks everything that can be checked without reading weights; every
+    problem is one ConfigError line.
+    """
+
+    def __init__(self, model_id: str) -> None:
+        self.id = model_id
+        self.folder = resolve_folder(model_id)
+        config_file = self.folder / "config.json"
+        if not config_file.is_file():
+            raise ConfigError(f"{KEY}: {self.folder} has no config.json, so it is not a Hugging Face model folder")
+        try:
+            self.config = json.loads(config_file.read_text())
+        except ValueError as error:
+            raise ConfigError(f"{config_file} is not valid JSON: {error}") from None
+        model_type = self.config.get("model_type")
+        if model_type not in FAMILIES:
+            raise ConfigError(
+                f"{config_file}: model_type {model_type!r} is not supported; supported: {', '.join(FAMILIES)}"
+            )
+        self.family: Family = FAMILIES[model_type]
+        try:
+            self.kwargs = self.family.from_hf(self.config)
+        except ConfigError as error:
+            raise ConfigError(f"{config_file}: {error}") from None
+        self.files = self._weight_files()
+
+    def _weight_files(self) -> list[Path]:
+        index = self.folder / INDEX_FILE
+        if index.is_file():
+            try:
+                names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError) as error:
+                raise ConfigError(f"{index} is not a safetensors index ({error})") from None
+            missing = [n for n in names if not (self.folder / n).is_file()]
+            if missing:
+                raise ConfigError(f"{index} lists {missing[0]}, which is not in {self.folder}")
+            return [self.folder / n for n in names]
+        return sorted(self.folder.glob("*.safetensors"))
+
+    @property
+    def model_type(self) -> str:
+        return self.family.model_type
+
+    def tensors(self) -> list[HFTensor]:
+        return self.family.tensors(self.kwargs)
+
+    def plan(self) -> list[tuple[Path, str, HFTensor]]:
+        """`(file, name in the file, tensor)` for every tensor, checked against the
+        safetensors headers alone: names, shapes and completeness."""
+        if not self.files:
+            other = [p.name for p in self.folder.glob("*.bin")] + [p.name for p in self.folder.glob("*.pt")]
+            hint = f" (only {other[0]}: convert it to safetensors)" if other else ""
+            raise ConfigError(
+                f"{KEY}: {self.folder} has no *.safetensors weights{hint}; to pretrain from its "
+                "config.json alone, set training.init=random"
+            )
+        expected = {t.name: t for t in self.tensors()}
+        tied = self.kwargs.get("tie_embeddings", False)
+        plan, seen = [], set()
+        for path in self.files:
+            header = SafetensorsFile(path)
+            for key in header.keys():
+                name = key if key in expected else self.family.prefix + key
+                if name not in expected:
+                    if self.family.is_buffer(key) or (tied and key == "lm_head.weight"):
+                        continue  # a buffer, or a copy of the tied embedding
+                    raise ConfigError(
+                        f"{path}: unexpected weight '{key}' (not part of a {self.model_type} model as config.json describes it)"
+                    )
+                tensor = expected[name]
+                if header.shape(key) != tensor.shape:
+                    raise ConfigError(
+                        f"{path}: weight '{key}' has shape {header.shape(key)} but config.json implies {tensor.shape}"
+                    )
+                header.dtype(key)  # a dtype theseus cannot read fails here, before any weight is loaded
+                if name in seen:
+                    raise ConfigError(f"{self.folder}: weight '{key}' is stored twice")
+                seen.add(name)
+                plan.append((path, key, tensor))
+        missing = [name for name in expected if name not in seen]
+        if missing:
+            raise ConfigError(
+                f"{self.folder}: {len(missing)} weights are missing from the safetensors files, e.g. '{missing[0]}'"
+            )
+        return plan
+
+    def dtype(self) -> str | None:
+        """The floating dtype the weights are stored in (None without weights)."""
+        for path in self.files:
+            header = SafetensorsFile(path)
+            for key in header.keys():
+                if np.issubdtype(header.dtype(key), np.floating) or header.dtype(key).name == "bfloat16":
+                    return header.dtype(key).name
+        return None
+
+    def load(self, plan: list[tuple[Path, str, HFTensor]], variables: dict[str, keras.Variable]) -> None:
+        """Stream the tensors of `plan` into `variables` (by theseus path below the model),
+        one at a time, file by file."""
+        for path in self.files:
+            with SafetensorsFile(path) as reader:
+                for file, key, tensor in plan:
+                    if file != path:
+                        continue
+                    for part, value in zip(tensor.parts, tensor.to_theseus(reader.read(key))):
+                        _fill(variables[part], value)
+
+    def tokenizer_files(self) -> list[Path]:
+        return tokenizer_files(self.folder)
+
+
+def tokenizer_files(folder: Path) -> list[Path]:
+    """The Hugging Face tokenizer files in `folder`."""
+    return [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
+
+
+def copy_tokenizer(folder: Path, tokenizer: Any, source: HFCheckpoint | None) -> None:
+    """Put a tokenizer into the model folder being written: `tokenizer` a folder to copy, an
+    object with a Hugging Face `.tokenizer`, False for none, or None for `source`'s own."""
+    if tokenizer is None or tokenizer is False:
+        files = source.tokenizer_files() if source is not None and tokenizer is None else []
+    elif hasattr(tokenizer, "tokenizer") and hasattr(tokenizer.tokenizer, "save_pretrained"):
+        tokenizer.tokenizer.save_pretrained(str(folder))
+        return
+    else:
+        files = tokenizer_files(Path(tokenizer))
+    for path in files:
+        shutil.copy2(path, folder / path.name)
+
+
+def _fill(variable: keras.Variable, value: np.ndarray) -> None:
+    """Set `variable` to `value`, giving it its first value if it was built without one.
+
+    Keras has no public call for the latter: `_initialize` is where its own deferred
+    initialisation ends, on every backend (placing the value by the distribution's layout
+    on JAX).
+    """
+    value = value.astype(variable.dtype, copy=False)
+    if variable._value is None:
+        variable._initialize(variable._convert_to_tensor(value, dtype=variable.dtype))
+    else:
+        variable.assign(value)
+
+
+def open_checkpoint(model_id: str, model_types: tuple[str, ...] = (), job: str = "this job") -> HFCheckpoint:
+    """The checkpoint `model_id` names, refused (ConfigError) unless its family is one of `model_types`."""
+    checkpoint = HFCheckpoint(model_id)
+    if model_types and checkpoint.model_type not in model_types:
+        raise ConfigError(
+            f"{KEY}: {checkpoint.folder} holds a {checkpoint.model_type} model but {job} takes "
+            f"{' or '.join(model_types)}; use the {checkpoint.model_type}/... jobs"
+        )
+    return checkpoint
+
+
+def hf_tokenizer(name: str, checkpoint: HFCheckpoint):
+    """The tokenizer `data/tokenizer` names; `auto` is the checkpoint folder's own."""
+    if name == AUTO:
+        if not checkpoint.tokenizer_files():
+            raise ConfigError(
+                f"data/tokenizer is auto but {checkpoint.folder} has no tokenizer files; "
+                "set data.tokenizer to byte or to a tokenizer folder"
+            )
+        name = str(checkpoint.folder)
+    try:
+        return load_tokenizer(name)
+    except ConfigError:
+        raise
+    except (ValueError, FileNotFoundError) as error:
+        raise ConfigError(f"data/tokenizer: {error}") from None
+
+
+def check_vocabulary(tokenizer: Any, checkpoint: HFCheckpoint) -> None:
+    """Refuse a tokenizer with more tokens than the checkpoint has embedding rows."""
+    vocab = checkpoint.kwargs["vocab_size"]
+    if tokenizer.vocab_size > vocab:
+        raise ConfigError(
+            f"data/tokenizer has {tokenizer.vocab_size} tokens but the model in {checkpoint.folder} "
+            f"has {vocab} embedding rows; use its own tokenizer (data.tokenizer=auto) or a smaller one"
+        )
