@@ -1,5 +1,6 @@
 import gzip
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -8,6 +9,9 @@ import pytest
 
 from theseus.config import ConfigError
 from theseus.data import Source, embedded_corpus, read_text_source
+from theseus.data.sft import read_chat_records
+from theseus.evaluation.exact_match import ExactMatch
+from theseus.evaluation.multiple_choice import MultipleChoice
 
 
 def test_embedded_corpus_is_real_text_and_stable():
@@ -44,7 +48,7 @@ def test_jsonl_plain_and_gzipped_read_the_text_field(tmp_path):
     ):
         list(Source(str(plain)).documents())
     (tmp_path / "bad.jsonl").write_text('{"body": "ok"}\nnot json\n')
-    with pytest.raises(ConfigError, match="line 2 of .*bad.jsonl is not JSON"):
+    with pytest.raises(ConfigError, match="line 2 of .*bad.jsonl is not valid JSON"):
         list(Source(str(tmp_path / "bad.jsonl"), text_field="body").documents())
 
 
@@ -177,3 +181,29 @@ def test_training_reads_a_tfds_dataset_built_from_local_files(tmp_path):
     result = job.run()
     assert sum(len(t) for t in job.datasets(0).train.sources[0].shards) > 300_000  # the tfds text, not a stand-in
     assert result["val_loss"] < 0.7 * result["initial_val_loss"], result
+
+
+JSONL_READERS = {  # a reader of JSONL files, and a line it accepts
+    "source": (lambda path: list(Source(path).documents()), {"text": "a"}),
+    "chat": (read_chat_records, {"prompt": "a", "response": "b"}),
+    "multiple_choice": (MultipleChoice, {"context": "a", "choices": ["b", "c"], "gold": 0}),
+    "exact_match": (ExactMatch, {"prompt": "a", "answer": "b"}),
+}
+
+
+@pytest.mark.parametrize("reader", JSONL_READERS)
+def test_every_jsonl_reader_names_the_file_and_line_of_a_line_it_cannot_read(tmp_path, reader):
+    read, good = JSONL_READERS[reader]
+    path = tmp_path / "data.jsonl"
+    for bad, message in [
+        (b"{not json", "is not valid JSON"),
+        (b'{"text": "caf\xe9"}', r"is not UTF-8 text \(byte 0xe9"),
+    ]:
+        path.write_bytes(json.dumps(good).encode() + b"\n" + bad + b"\n")
+        with pytest.raises(ConfigError, match=rf"line 2 of {re.escape(str(path))} {message}") as error:
+            read(str(path))
+        assert "\n" not in str(error.value)
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(gzip.compress(b"".join(json.dumps({**good, "n": i}).encode() + b"\n" for i in range(5000)))[:-200])
+    with pytest.raises(ConfigError, match=rf"cannot read {re.escape(str(cut))} after \d+ lines: "):
+        read(str(cut))

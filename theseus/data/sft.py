@@ -18,8 +18,6 @@ wasted on padding) or padded one per row; rows without any assistant target are 
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +26,7 @@ import numpy as np
 
 from theseus.config import ConfigError, field
 from theseus.data.loader import TokenWindows, ValidationWindows
+from theseus.data.sources import jsonl_records
 from theseus.data.targets import IGNORE_INDEX
 from theseus.data.tokenize import is_validation
 
@@ -49,22 +48,13 @@ def read_chat_records(path: str | Path) -> list[list[dict[str, str]]]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"data/source: chat data not found: {path}")
-    opener = gzip.open if path.name.endswith(".gz") else open
-    conversations = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                conversations.append(_messages(line, f"line {number} of {path}"))
+    conversations = [_messages(record, f"line {number} of {path}") for number, record in jsonl_records(path)]
     if not conversations:
         raise ConfigError(f"data/source: no chat records in {path}")
     return conversations
 
 
-def _messages(line: str, where: str) -> list[dict[str, str]]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"data/source: {where} is not JSON: {error}") from None
+def _messages(record: Any, where: str) -> list[dict[str, str]]:
     if isinstance(record, dict) and "messages" in record:
         messages = record["messages"]
         ok = (

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from theseus.config import ConfigError
 from theseus.data.corpus import EMBEDDED, embedded_corpus
@@ -86,11 +88,8 @@ class Source:
         if name.endswith(".parquet"):
             yield from self._parquet_documents(path)
         elif name.endswith((".jsonl", ".jsonl.gz")):
-            opener = gzip.open if name.endswith(".gz") else open
-            with opener(path, "rt", encoding="utf-8") as f:
-                for number, line in enumerate(f, 1):
-                    if line.strip():
-                        yield self._text(_json_line(line, path, number), f"line {number} of {path}")
+            for number, record in jsonl_records(path):
+                yield self._text(record, f"line {number} of {path}")
         else:
             yield path.read_text(encoding="utf-8", errors="replace")
 
@@ -187,11 +186,37 @@ class Source:
                 yield self._text({self.text_field: value}, f"a row of {path}")
 
 
-def _json_line(line: str, path: Path, number: int) -> dict:
+def jsonl_records(path: str | Path, what: str = "data/source") -> Iterator[tuple[int, Any]]:
+    """`(line number, record)` for each non-blank line of a `.jsonl` or `.jsonl.gz` file.
+
+    A line that is not UTF-8 or not JSON, or a gzip stream that ends early or is damaged,
+    is one ConfigError (starting with `what`) naming the file and the line.
+    """
+    path = Path(path).expanduser()
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    number = 0
+    with opener(path, "rb") as f:
+        lines = enumerate(f, 1)
+        while True:
+            try:
+                number, raw = next(lines)
+            except StopIteration:
+                return
+            except (OSError, EOFError, zlib.error) as error:  # gzip: BadGzipFile is an OSError
+                raise ConfigError(f"{what}: cannot read {path} after {number} lines: {error}") from None
+            if raw.strip():
+                yield number, _json_line(raw, path, number, what)
+
+
+def _json_line(raw: bytes, path: Path, number: int, what: str) -> Any:
     try:
-        return json.loads(line)
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{what}: line {number} of {path} is not UTF-8 text (byte {raw[error.start]:#04x} at column {error.start + 1})"
+        ) from None
     except json.JSONDecodeError as error:
-        raise ConfigError(f"data/source: line {number} of {path} is not JSON: {error}") from None
+        raise ConfigError(f"{what}: line {number} of {path} is not valid JSON: {error}") from None
 
 
 def _is_hf_dataset(path: Path) -> bool:

@@ -29,7 +29,16 @@ from typing import Any
 import numpy as np
 
 from theseus.config import ConfigError, write_atomic
-from theseus.data.shards import METADATA, PROGRESS, SPLITS, ShardWriter, TokenShards, write_metadata
+from theseus.data.shards import (
+    METADATA,
+    PROGRESS,
+    SPLITS,
+    ShardWriter,
+    TokenShards,
+    verified_record,
+    write_metadata,
+    write_verified,
+)
 from theseus.data.sources import Source
 from theseus.data.tokenizers import ByteTokenizer, join_documents
 
@@ -191,10 +200,13 @@ def tokenize_to_shards(
 
 class _OpenShards:
     """The open train and validation shards of a job; `commit()` makes both final together
-    and records them, with the documents done, in `progress.json`."""
+    and records them, with the documents done, in `progress.json`. The shards this process
+    wrote (hashed as written) go into `verified.json`, so that training does not hash them
+    again; those of a killed run before it are hashed at their first use."""
 
     def __init__(self, folder: Path, state: _State, dtype: np.dtype):
         self.folder, self.state, self.dtype = folder, state, dtype
+        self.verified: dict[str, Any] = {}
         self.writers = {s: ShardWriter(folder, s, dtype, first=len(state.splits[s]["shards"])) for s in SPLITS}
         folder.mkdir(parents=True, exist_ok=True)
         self.commit()  # a folder with progress.json is a shard folder, even before its first shard
@@ -213,6 +225,7 @@ class _OpenShards:
             entry = writer.close()
             if entry is not None:
                 self.state.splits[split]["shards"].append(entry)
+                self.verified[entry["file"]] = verified_record(self.folder / entry["file"], entry)
         write_atomic(self.folder / PROGRESS, json.dumps(dataclasses.asdict(self.state), indent=1) + "\n")
 
     def finish(self) -> None:
@@ -226,6 +239,7 @@ class _OpenShards:
             "dtype": self.dtype.name,
             "splits": state.splits,
         }
+        write_verified(self.folder, self.verified)
         write_metadata(self.folder, metadata)
         (self.folder / PROGRESS).unlink()
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import abc
-import json
 from pathlib import Path
 from typing import Any
 
 from theseus.config import ConfigError
+from theseus.data.sources import jsonl_records
 from theseus.evaluation.language_model import LanguageModel
 
 
@@ -34,13 +34,7 @@ def read_jsonl(path: str | None, required: tuple[str, ...], kind: str) -> list[d
     if not file.is_file():
         raise ConfigError(f"evaluation '{kind}': no file {file}")
     rows = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{file}:{number}: not valid JSON ({error.msg})") from None
+    for number, row in jsonl_records(file, f"evaluation '{kind}'"):  # bad UTF-8 or JSON: file and line
         missing = [key for key in required if not isinstance(row, dict) or key not in row]
         if missing:
             raise ConfigError(f"{file}:{number}: missing key(s) {missing} (each line needs {list(required)})")

@@ -2,8 +2,11 @@
 
 `HFCheckpoint` opens a folder (or a hub id already in the local cache; nothing is ever
 downloaded), checks its config.json and safetensors headers, and streams the tensors into
-a built theseus model's variables. `open_checkpoint`, `hf_tokenizer` and `check_vocabulary`
-are what a job needs to accept a folder and its tokenizer.
+a built theseus model's variables. Only safetensors are read: weights stored as a pickle
+(`pytorch_model.bin`, `*.pt`) are refused with the command that converts them, since
+unpickling a file can run any code in it; and no tokenizer or model code shipped in a
+folder is ever run (`trust_remote_code` is never set). `open_checkpoint`, `hf_tokenizer`
+and `check_vocabulary` are what a job needs to accept a folder and its tokenizer.
 """
 
 from __future__ import annotations
@@ -35,6 +38,20 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+"""Weight files that are Python pickles (PyTorch's format): never opened."""
+
+
+def pickle_refusal(folder: Path, name: str) -> ConfigError:
+    """The one line refusing a folder whose weights are only the pickle `name`."""
+    convert = (
+        "from transformers import AutoModelForCausalLM as M; "
+        f"M.from_pretrained({str(folder)!r}).save_pretrained({str(folder)!r}, safe_serialization=True)"
+    )
+    return ConfigError(
+        f"{KEY}: {folder} holds its weights only as {name}, a pickle, which theseus never loads "
+        f'(unpickling can run any code in the file); convert it to safetensors first: python -c "{convert}"'
+    )
 
 
 def resolve_folder(model_id: str) -> Path:
@@ -112,10 +129,11 @@ class HFCheckpoint:
         """`(file, name in the file, tensor)` for every tensor, checked against the
         safetensors headers alone: names, shapes and completeness."""
         if not self.files:
-            other = [p.name for p in self.folder.glob("*.bin")] + [p.name for p in self.folder.glob("*.pt")]
-            hint = f" (only {other[0]}: convert it to safetensors)" if other else ""
+            pickles = sorted(p.name for p in self.folder.iterdir() if p.name.lower().endswith(PICKLE_SUFFIXES))
+            if pickles:
+                raise pickle_refusal(self.folder, pickles[0])
             raise ConfigError(
-                f"{KEY}: {self.folder} has no *.safetensors weights{hint}; to pretrain from its "
+                f"{KEY}: {self.folder} has no *.safetensors weights; to pretrain from its "
                 "config.json alone, set training.init=random"
             )
         expected = {t.name: t for t in self.tensors()}
