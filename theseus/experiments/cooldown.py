@@ -143,31 +143,60 @@ def cooldown(
     )
     values = resolve(parent.fields, values, {k.replace(".", "/"): v for k, v in (overrides or {}).items()})
     branch_dir = parent.run_dir.parent / (name or f"{parent.run_dir.name}-cooldown-{start}")
-    if branch_dir.exists():
-        recorded = json.loads((branch_dir / BRANCH_FILE).read_text()) if (branch_dir / BRANCH_FILE).is_file() else None
-        if recorded != branch:
-            raise ConfigError(
-                f"{branch_dir} exists and is not this branch ({BRANCH_FILE} differs): pick another --name"
-            )
-    else:
-        _create_branch(branch_dir, parent, source, branch, values)
-    runs.prepare_run_dir(branch_dir, parent.key, parent.fields, values)
-    print(f"cooldown of {parent.run_dir} from step {start} over {steps} steps ({shape}) in {branch_dir}", flush=True)
-    result = runs.job_class(parent.key)(values, branch_dir).run() or {}
+    with _locked_branch(branch_dir, parent, source, branch, values):  # one writer per branch folder
+        runs.prepare_run_dir(branch_dir, parent.key, parent.fields, values)
+        print(
+            f"cooldown of {parent.run_dir} from step {start} over {steps} steps ({shape}) in {branch_dir}", flush=True
+        )
+        result = runs.job_class(parent.key)(values, branch_dir).run() or {}
     return {**result, **branch, "run_dir": str(branch_dir)}
 
 
-def _create_branch(branch_dir: Path, parent: Parent, source: ckpt.Checkpoint, branch: dict, values: dict) -> None:
-    """Lay out the branch folder in a temporary place, then rename it into being."""
+def _locked_branch(branch_dir: Path, parent: Parent, source: ckpt.Checkpoint, branch: dict, values: dict):
+    """The branch folder with its lock held (`runs.RunLock`): laid out if new, else checked to be
+    this branch. A process already writing it is named and nothing is changed."""
+    if not branch_dir.exists():
+        lock = _create_branch(branch_dir, parent, source, branch, values)
+        if lock is not None:
+            return lock
+    lock = runs.RunLock(branch_dir).acquire()
+    recorded = json.loads((branch_dir / BRANCH_FILE).read_text()) if (branch_dir / BRANCH_FILE).is_file() else None
+    if recorded != branch:
+        lock.release()
+        raise ConfigError(f"{branch_dir} exists and is not this branch ({BRANCH_FILE} differs): pick another --name")
+    return lock
+
+
+def _create_branch(
+    branch_dir: Path, parent: Parent, source: ckpt.Checkpoint, branch: dict, values: dict
+) -> runs.RunLock | None:
+    """Lay out the branch folder in a locked temporary place, then rename it (and its held lock)
+    into being; None when another process created the branch first."""
     tmp = branch_dir.with_name(f".{branch_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "checkpoints").mkdir(parents=True)
-    shutil.copytree(source.path, tmp / "checkpoints" / source.path.name)
-    rows = [r for r in _rows(parent.run_dir / "metrics.jsonl") if r["step"] <= source.step]
-    (tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp / runs.CONFIG_FILE).write_text(runs.config_text(parent.key, parent.fields, values))
-    (tmp / BRANCH_FILE).write_text(json.dumps(branch, indent=1, sort_keys=True))
-    os.replace(tmp, branch_dir)
+    lock = runs.RunLock(tmp).acquire()  # a process laying out the same branch is refused
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        for stale in tmp.iterdir():  # left by an attempt that died here
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            elif stale.name != runs.LOCK_FILE:
+                stale.unlink()
+        (tmp / "checkpoints").mkdir()
+        shutil.copytree(source.path, tmp / "checkpoints" / source.path.name)
+        rows = [r for r in _rows(parent.run_dir / "metrics.jsonl") if r["step"] <= source.step]
+        (tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (tmp / runs.CONFIG_FILE).write_text(runs.config_text(parent.key, parent.fields, values))
+        (tmp / BRANCH_FILE).write_text(json.dumps(branch, indent=1, sort_keys=True))
+        os.replace(tmp, branch_dir)  # fails when another process made the branch first
+    except OSError:
+        if branch_dir.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        lock.release()
+        if branch_dir.exists():
+            return None
+        raise
+    lock.moved(branch_dir)
+    return lock
 
 
 def sweep(

@@ -14,10 +14,13 @@ bar last; the trainer orders them so that each sees what the earlier ones added:
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import sys
 import threading
@@ -45,6 +48,54 @@ class TrainingStopped(RuntimeError):
 
 class NonFiniteLoss(TrainingStopped):
     """The loss became NaN or infinite; nothing after the last good checkpoint was saved."""
+
+
+class DiskFull(TrainingStopped):
+    """A write failed for lack of space (ENOSPC, EFBIG, EDQUOT); the checkpoints already
+    written are intact, and the same command resumes from the last one once space is freed."""
+
+
+NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def out_of_space(error: BaseException) -> int | None:
+    """The errno of `error` (or an error it was raised from) when it is a lack of space, else None.
+
+    HDF5 (the weights file) may report its failed `write` as an OSError without `errno`,
+    the number only in its message (`errno = 28`)."""
+    while error is not None:
+        if isinstance(error, OSError):
+            number = error.errno
+            found = re.search(r"errno = (\d+)", str(error)) if number is None else None
+            number = int(found.group(1)) if found else number
+            if number in NO_SPACE:
+                return number
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def disk_full(error: BaseException, what: str, folder: Path, after: str = "") -> DiskFull | None:
+    """A `DiskFull` saying that `what` could not be written into `folder`, the space left there
+    and `after`; None when `error` is not a lack of space."""
+    number = out_of_space(error)
+    if number is None:
+        return None
+    try:
+        free = f"{_size(shutil.disk_usage(folder).free)} free there"
+    except OSError:
+        free = "free space unknown"
+    return DiskFull(
+        f"training stopped: no room to write {what} in {folder} ({os.strerror(number)}; {free}){after}; "
+        "free some space, then run the same command to resume"
+    )
+
+
+def _size(count: float) -> str:
+    """A byte count in words (`812 bytes`, `3.4 GiB`)."""
+    units = ["bytes", "KiB", "MiB", "GiB", "TiB"]
+    while count >= 1024 and len(units) > 1:
+        count, units = count / 1024, units[1:]
+    return f"{count:.0f} {units[0]}" if units[0] == "bytes" else f"{count:.1f} {units[0]}"
 
 
 class Interrupted(TrainingStopped):
@@ -262,7 +313,13 @@ class MetricsLogger(StepCallback):
     def write(self, row: dict[str, Any]) -> None:
         if not multihost.is_primary():  # multi-host: process 0 alone writes the run folder
             return
-        append_row(self.path, row)
+        try:
+            append_row(self.path, row)
+        except OSError as error:
+            stop = disk_full(error, f"the metrics of step {row['step']}", self.path.parent)
+            if stop is None:
+                raise
+            raise stop from None
         for sink in self.sinks:
             sink(row)
 
@@ -392,9 +449,16 @@ class Checkpointer(StepCallback):
         if self.val_loss is not None:
             state["val_loss"] = self.val_loss
             self.best_val_loss = min(self.best_val_loss, self.val_loss)
-        checkpoint = ckpt.save(
-            self.root, model, state, keep=self.keep, files=self.files, save_weights=self.save_weights
-        )
+        try:
+            checkpoint = ckpt.save(
+                self.root, model, state, keep=self.keep, files=self.files, save_weights=self.save_weights
+            )
+        except OSError as error:
+            if out_of_space(error) is None:
+                raise
+            good = ckpt.latest(self.root)
+            where = f"the last good checkpoint is {good.path}" if good else "no checkpoint was saved"
+            raise disk_full(error, f"the checkpoint of step {self.step}", self.root, f"; {where}") from None
         self.saved_step = self.step
         return checkpoint
 

@@ -5,17 +5,22 @@ own format, readable by every backend: the model's weights and its optimizer's v
 `state.json` (step, tokens, validation loss, the RNG state that `save_weights` leaves out,
 the loss tracker's running sums), a copy of the run's `config.yaml`, and `manifest.json`
 (size and SHA-256 of every file). It is written into a temporary folder and renamed into
-place, so a crash leaves either the whole checkpoint or none; a loader checks the manifest
-and skips a checkpoint that does not match it. `latest` and `best` (lowest validation loss)
-are one-line pointer files beside the checkpoints.
+place, so a crash leaves either the whole checkpoint or none. A full disk is found before
+the weights file is written (`check_room`), and a write that fails anyway removes its
+temporary folder and raises: the checkpoints already there stay as they were. A loader
+checks the manifest and skips a checkpoint that does not match it. `latest` and `best`
+(lowest validation loss) are one-line pointer files beside the checkpoints.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +29,11 @@ from typing import Any
 
 import keras
 import numpy as np
+
+try:
+    import resource
+except ImportError:  # Windows: no file size limit to check
+    resource = None
 
 from theseus.base import multihost
 from theseus.config import write_atomic
@@ -105,15 +115,47 @@ def save(
     step = int(state["step"])
     final = step_dir(root, step)
     tmp = root / f"{TEMPORARY_PREFIX}{final.name}_{os.getpid()}"
+    if save_weights is None:
+        check_room(root, weights_bytes(model))
     tmp.mkdir()
-    with multihost.gathered(multihost.model_state(model)):  # whole arrays, even those split over hosts
-        (save_weights or model.save_weights)(tmp / MODEL_FILE)  # the optimizer's variables too, once it is built
-    state = {**state, "rng": [keras.ops.convert_to_numpy(v.value).tolist() for v in rng_variables(model)]}
-    _write_files(tmp, {STATE_FILE: json.dumps(state, indent=1, sort_keys=True), **(files or {})})
+    try:
+        with multihost.gathered(multihost.model_state(model)):  # whole arrays, even those split over hosts
+            (save_weights or model.save_weights)(tmp / MODEL_FILE)  # the optimizer's variables too, once built
+        state = {**state, "rng": [keras.ops.convert_to_numpy(v.value).tolist() for v in rng_variables(model)]}
+        _write_files(tmp, {STATE_FILE: json.dumps(state, indent=1, sort_keys=True), **(files or {})})
+    except BaseException:  # e.g. a full disk: the checkpoints already there stay as they were
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     publish(tmp, final)
     _prune(root, keep)
     multihost.sync(f"checkpoint {step}")
     return Checkpoint(final, step)
+
+
+def weights_bytes(model: keras.Model) -> int:
+    """About the size of `model.save_weights`'s file, a little over: the bytes of the model's
+    and its optimizer's variables, plus HDF5's headers (a few KiB a variable, 1 MiB in all)."""
+    optimizer = getattr(model, "optimizer", None)
+    variables = [*model.weights, *(optimizer.variables if optimizer is not None else [])]
+    data = sum(math.prod(v.shape) * _itemsize(v.dtype) for v in variables)
+    return data + 4096 * len(variables) + (1 << 20)
+
+
+def _itemsize(dtype: str) -> int:
+    digits = re.search(r"\d+", str(dtype))  # float32, bfloat16, int8; bool has none
+    return int(digits.group()) // 8 if digits else 1
+
+
+def check_room(root: Path, size: int) -> None:
+    """Raise OSError (ENOSPC, or EFBIG past the file size limit) when a file of `size` bytes
+    cannot be written under `root`. Checked before the weights file is written, because HDF5
+    does not survive a write that fails halfway: it retries as each of its objects is freed,
+    printing a traceback each time, and can crash the process as it exits."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0] if resource is not None else -1
+    if limit not in (-1, getattr(resource, "RLIM_INFINITY", -1)) and size > limit:
+        raise OSError(errno.EFBIG, f"{os.strerror(errno.EFBIG)}: {size} bytes, the limit is {limit}", str(root))
+    if size > shutil.disk_usage(root).free:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {size} bytes needed", str(root))
 
 
 def _write_files(folder: Path, texts: Mapping[str, str]) -> None:

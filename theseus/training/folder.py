@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,12 +20,20 @@ from theseus.base import multihost
 from theseus.config import ConfigError
 from theseus.evaluation.callback import EVALUATIONS_FILE
 from theseus.training import checkpoint as ckpt
-from theseus.training.callbacks import Checkpointer, MetricsLogger, TensorBoardWriter, truncate_metrics
+from theseus.training.callbacks import (
+    Checkpointer,
+    MetricsLogger,
+    TensorBoardWriter,
+    out_of_space,
+    truncate_metrics,
+)
 from theseus.training.data import Batches
 from theseus.training.plot import plot_run
 
 if TYPE_CHECKING:
     from theseus.training.tuning import Pretraining
+
+log = logging.getLogger("theseus")
 
 CHECKPOINTS = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
@@ -112,6 +121,12 @@ class RunFolder:
         return f"the last good checkpoint is {good.path}" if good else "no checkpoint was saved"
 
     def plot(self) -> None:
-        """Draw `metrics.png` (when there are rows)."""
+        """Draw `metrics.png` (when there are rows); on a full disk, only a warning (the run has
+        stopped for that already, or will at its next checkpoint)."""
         if self.path is not None and (self.path / METRICS_FILE).is_file() and multihost.is_primary():
-            plot_run(self.path)
+            try:
+                plot_run(self.path)
+            except OSError as error:
+                if out_of_space(error) is None:
+                    raise
+                log.warning("no room to draw %s: %s", self.path / "metrics.png", error)
