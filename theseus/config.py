@@ -10,6 +10,7 @@ before anything runs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import enum
@@ -18,7 +19,7 @@ import sys
 import tempfile
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import yaml
 MISSING_MARK = "???"
 _KEY = "theseus_key"
 _HELP = "theseus_help"
+_BOUNDS = "theseus_bounds"
 
 
 class ConfigError(ValueError):
@@ -57,20 +59,63 @@ def field(
     default: Any = dataclasses.MISSING,
     default_factory: Any = dataclasses.MISSING,
     help: str = "",
+    bounds: str = "",
 ) -> Any:
     """Bind an attribute to the config key `key` (e.g. `"architecture/n_embd"`).
 
     Works on dataclasses and, as a plain class attribute, on `Module` subclasses.
     Without a default the value is required and `theseus configure` writes `???`.
+    `bounds` limits a number: `">= 1"`, `"> 0"`, or an interval such as `"[0, 1)"`
+    (`check_bounds`; None, where the type allows it, is always accepted).
     """
     if "/" not in key or key.startswith("/") or key.endswith("/"):
         raise ValueError(f"Argument `key` must look like 'section/name'. Received: key={key!r}")
+    if bounds:
+        _within(0, bounds)  # a malformed bound fails where it is declared
     return dataclasses.field(
         default=default,
         default_factory=default_factory,
         kw_only=True,  # required and defaulted fields may then come in any order
-        metadata={_KEY: key, _HELP: help},
+        metadata={_KEY: key, _HELP: help, _BOUNDS: bounds},
     )
+
+
+def _within(value: float, bounds: str) -> bool:
+    """Whether `value` satisfies `bounds` (`">= 1"`, `"> 0"`, `"[0, 1)"`, `"(0, 1]"`, ...)."""
+    text = bounds.replace(" ", "")
+    if text[:1] in "[(" and text[-1:] in "])":
+        low, high = (float(part) for part in text[1:-1].split(","))
+        above = value >= low if text[0] == "[" else value > low
+        return above and (value <= high if text[-1] == "]" else value < high)
+    for operator, test in ((">=", float.__ge__), (">", float.__gt__), ("<=", float.__le__), ("<", float.__lt__)):
+        if text.startswith(operator):
+            return test(float(value), float(text[len(operator) :]))
+    raise ValueError(f"Argument `bounds` must look like '>= 1' or '[0, 1)'. Received: bounds={bounds!r}")
+
+
+def check_bounds(f: Field, value: Any) -> Any:
+    """`value` of the field `f`, or a ConfigError naming its key when it is outside `f.bounds`."""
+    numbers = value if isinstance(value, (list, tuple)) else [value]
+    for number in numbers:
+        if f.bounds and isinstance(number, (int, float)) and not isinstance(number, bool):
+            if not _within(number, f.bounds):
+                shown = "in " + f.bounds if f.bounds[0] in "[(" else f.bounds
+                raise ConfigError(f"{f.key} must be {shown}, got {value!r}")
+    return value
+
+
+@contextlib.contextmanager
+def refusals(section: str) -> Iterator[None]:
+    """A constructor's ValueError, TypeError or AssertionError inside, raised as one ConfigError
+    naming the config `section` it came from (`"architecture: n_embd=128 is not divisible by
+    n_head=3"`): a value of the right type that a model or trainer refuses is bad input."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, AssertionError) as error:
+        text = " ".join(str(error).split()) or type(error).__name__
+        raise ConfigError(f"{section}: {text}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +129,7 @@ class Field:
     default: Any
     default_factory: Any
     help: str
+    bounds: str = ""
 
     @property
     def required(self) -> bool:
@@ -122,6 +168,7 @@ def fields_of(cls: type) -> list[Field]:
                     default=value.default,
                     default_factory=value.default_factory,
                     help=value.metadata[_HELP],
+                    bounds=value.metadata.get(_BOUNDS, ""),
                 )
     if dataclasses.is_dataclass(cls):  # dataclass fields are no longer class attributes
         for f in dataclasses.fields(cls):
@@ -135,6 +182,7 @@ def fields_of(cls: type) -> list[Field]:
                     default=f.default,
                     default_factory=f.default_factory,
                     help=f.metadata[_HELP],
+                    bounds=f.metadata.get(_BOUNDS, ""),
                 )
     return list(found.values())
 
@@ -384,7 +432,7 @@ def resolve(
                 raise ConfigError(f"config key '{key}' is required but not set (it is {MISSING_MARK})")
             resolved[key] = value
             continue
-        resolved[key] = coerce(value, f.type, key)
+        resolved[key] = check_bounds(f, coerce(value, f.type, key))
     for key in extra:
         if key in values:
             resolved[key] = values[key]

@@ -17,7 +17,7 @@ import keras
 
 from theseus.base import multihost
 from theseus.base.axis import MESH_AXES, Axis
-from theseus.base.sharding import Shardable, ShardingError, ShardingRules, abstract_build
+from theseus.base.sharding import Shardable, ShardingError, ShardingRules, build_abstractly
 from theseus.config import ConfigError, field
 
 
@@ -62,9 +62,14 @@ class Topology:
         "topology/strategy", default=Strategy.DP, help="dp, tp, fsdp or fsdp+tp (docs/sharding.md)"
     )
     shard: int = field(
-        "topology/shard", default=1, help="devices on the shard (tensor-parallel) axis; the rest form the batch axis"
+        "topology/shard",
+        default=1,
+        bounds=">= 1",
+        help="devices on the shard (tensor-parallel) axis; the rest form the batch axis",
     )
-    devices: int = field("topology/devices", default=0, help="devices in the mesh; 0 = all of them (every process's)")
+    devices: int = field(
+        "topology/devices", default=0, bounds=">= 0", help="devices in the mesh; 0 = all of them (every process's)"
+    )
     strict: bool = field(
         "topology/strict", default=False, help="refuse to replicate a weight that no sharding rule covers"
     )
@@ -76,11 +81,13 @@ class Topology:
     num_processes: int | None = field(
         "topology/num_processes",
         default=None,
+        bounds=">= 1",
         help="multi-host: processes in the job; null = env KERAS_DISTRIBUTION_NUM_PROCESSES",
     )
     process_id: int | None = field(
         "topology/process_id",
         default=None,
+        bounds=">= 0",
         help="multi-host: this process (0 writes the run folder); null = env KERAS_DISTRIBUTION_PROCESS_ID",
     )
 
@@ -91,10 +98,12 @@ class Topology:
             raise ConfigError(
                 f"config key 'topology/strategy' must be one of {[s.value for s in Strategy]}, got {self.strategy!r}"
             ) from None
-        if self.shard < 1 or self.devices < 0:
+        if self.shard < 1 or self.devices < 0:  # also when built directly, without its config's bounds
             raise ConfigError(
                 f"topology/shard must be >= 1 and topology/devices >= 0, got {self.shard} and {self.devices}"
             )
+        if self.process_id is not None and self.num_processes is not None and self.process_id >= self.num_processes:
+            raise ConfigError(f"topology/process_id={self.process_id} must be in [0, {self.num_processes})")
         if self.strategy.tensor_parallel and self.shard == 1:
             raise ConfigError(
                 f"topology/strategy={self.strategy} splits weights over the shard axis: set topology/shard > 1"
@@ -157,8 +166,7 @@ class Topology:
         abstractly: no memory); None under `dp`, which replicates every weight."""
         if self.strategy is Strategy.DP:
             return None
-        with abstract_build():
-            model = build_model()
+        model = build_abstractly(build_model)
         try:
             return model.layout_map(mesh, self.rules(model), strict=self.strict)
         except ShardingError as error:  # a weight the topology cannot split: the config's problem

@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import keras
 from keras.src.backend.common import global_state
+
+from theseus.config import refusals
 
 AxisNames = tuple[str | None, ...]
 """A weight's logical axes, one per dimension (str-valued Enums count as their value)."""
@@ -163,6 +165,15 @@ def abstract_build() -> Iterator[None]:
         global_state.set_global_attribute("uninitialized_variables", pending)
 
 
+def build_abstractly(build: Callable[[], Any], section: str = "architecture") -> Any:
+    """`build()` inside `abstract_build()`: the model a config describes, made without a byte
+    of memory, so that a job refuses a model its constructor refuses before anything is
+    written; that refusal (a ValueError, TypeError or AssertionError) is one ConfigError
+    naming the config `section` (`theseus.config.refusals`)."""
+    with refusals(section), abstract_build():
+        return build()
+
+
 __all__ = [
     "AxisNames",
     "Shardable",
@@ -170,6 +181,7 @@ __all__ = [
     "ShardingRules",
     "abstract_build",
     "axis_name",
+    "build_abstractly",
     "layout_map",
     "logical_axes",
     "resolve_layout",

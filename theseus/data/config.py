@@ -53,6 +53,7 @@ class SourceConfig:
     validation_fraction: float = field(
         "data/validation_fraction",
         default=0.05,
+        bounds="[0, 1)",
         help="share held out for validation: of windows of a text source, of documents in data/tokenize",
     )
 
@@ -87,6 +88,13 @@ class DataConfig(SourceConfig):
                 raise ConfigError(f"{where}.source must be a string, got {entry['source']!r}")
             entries.append((entry["source"], float(weight)))
         return entries
+
+    def check_sources(self) -> None:
+        """A ConfigError now for a source that cannot be read (missing, empty, a bad mixture
+        entry), before a job writes anything; token-shard folders are checked as they open."""
+        for source, _ in self.entries():
+            if not is_shard_folder(source):
+                self.reader(source).check()
 
 
 @dataclasses.dataclass

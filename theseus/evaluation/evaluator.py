@@ -30,10 +30,11 @@ class EvaluatorConfig:
         default_factory=lambda: ["perplexity"],
         help="by name: perplexity (the held-out set the model's training job validates on), perplexity:TEXT, multiple_choice:FILE.jsonl, exact_match:FILE.jsonl, lm_eval:TASK_OR_YAML",
     )
-    batch_size: int = field("evaluation/batch_size", default=8, help="sequences per compiled call")
+    batch_size: int = field("evaluation/batch_size", default=8, bounds=">= 1", help="sequences per compiled call")
     max_length: int | None = field(
         "evaluation/max_length",
         default=None,
+        bounds=">= 1",
         help="tokens per scored window; null = the model's context (architecture/block_size)",
     )
 

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from theseus.base.sharding import build_abstractly
 from theseus.config import ConfigError, build, field
 from theseus.data.config import DataConfig, training_data
 from theseus.data.loader import ValidationWindows
@@ -38,9 +39,10 @@ class HFEvaluatorConfig(DataConfig, EvaluatorConfig):
     tokens: int = field(
         "evaluation/tokens",
         default=100_000,
+        bounds=">= 0",
         help="perplexity: score at most this many held-out tokens (whole batches); 0 = all",
     )
-    block_size: int = field("architecture/block_size", default=256, help="context length in tokens")
+    block_size: int = field("architecture/block_size", default=256, bounds=">= 1", help="context length in tokens")
     tokenizer: str = field(
         "data/tokenizer", default=AUTO, help="auto = the model folder's tokenizer; byte; or a tokenizer folder"
     )
@@ -63,7 +65,9 @@ class HFEvaluator(BaseEvaluator[M]):
             raise ConfigError("evaluation/batch_size and architecture/block_size must be >= 1")
         self.hf = open_checkpoint(self.config.checkpoint, self.MODEL_TYPES, type(self).__name__)
         self.hf.plan()  # an evaluation needs the weights: all present, with the right shapes
+        build_abstractly(lambda: build(self.MODEL, self.values, pretrained=True))  # a model it can build (no memory)
         check_vocabulary(self.tokenizer(), self.hf)
+        self.config.check_sources()  # the held-out text `perplexity` reads
 
     def tokenizer(self):
         return hf_tokenizer(self.config.tokenizer, self.hf)

@@ -27,11 +27,13 @@ class TokenizeConfig(SourceConfig):
     shard_tokens: int = field(
         "tokenize/shard_tokens",
         default=100_000_000,
+        bounds=">= 1",
         help="a train shard is closed (and the job can resume from there) at this many tokens",
     )
     workers: int = field(
         "tokenize/workers",
         default=0,
+        bounds=">= 0",
         help="encoding processes; 1 = in this process; 0 = one per core (byte tokenizer: this process)",
     )
     progress_bar: bool = field("logging/progress_bar", default=True, help="show a progress bar with tokens per second")
@@ -53,12 +55,6 @@ class Tokenize:
             raise ConfigError("data/tokenize writes its shards into its run folder: run it with `theseus run` or --out")
         if is_shard_folder(cfg.source):
             raise ConfigError(f"data/source: {cfg.source} is already token shards: train on it directly")
-        if not 0.0 <= cfg.validation_fraction < 1.0:
-            raise ConfigError(f"data/validation_fraction must be in [0, 1), got {cfg.validation_fraction}")
-        if cfg.shard_tokens < 1 or cfg.workers < 0:
-            raise ConfigError(
-                f"tokenize/shard_tokens must be >= 1 and tokenize/workers >= 0, got {cfg.shard_tokens} and {cfg.workers}"
-            )
         self.tokenizer = load_tokenizer(cfg.tokenizer)
         cfg.reader().check()  # before the run folder is made
 

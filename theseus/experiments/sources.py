@@ -14,13 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TypeVar
 
+from theseus.base.sharding import build_abstractly
 from theseus.config import ConfigError, build
 from theseus.data import load_tokenizer
 from theseus.data.tokenizers import HFTokenizer
 from theseus.evaluation.evaluator import BaseEvaluator
 from theseus.evaluation.language_model import LanguageModel
 from theseus.experiments import runs
-from theseus.model.huggingface import HFCompat
+from theseus.model.huggingface import HFCheckpoint, HFCompat
 from theseus.model.models.causal_lm import as_causal_lm
 from theseus.training import checkpoint as ckpt
 
@@ -70,12 +71,32 @@ def load(
         model, tokenizer, heldout = _load_huggingface(path)
     else:
         model, tokenizer, heldout = _load_run(path, kind)
-    if model_class is not None and not isinstance(model, model_class):
-        raise ConfigError(f"{path} holds a {type(model).__name__}, not a {model_class.__name__}")
+    _check_class(model, model_class, path)
     return LanguageModel(model, tokenizer, batch_size=batch_size, max_length=max_length, heldout=heldout)
 
 
-def _load_run(path: Path, kind: str):
+def check(source: str, model_class: type | None = None) -> None:
+    """A ConfigError unless `load(source, model_class=model_class)` would find a model: the
+    folder, its run's config and complete checkpoint, its tokenizer, and the model built
+    abstractly (no weights read, no memory): what an evaluation refuses before it writes."""
+    kind, path = describe(source)
+    if kind == "huggingface":
+        model = build_abstractly(lambda: HFCompat(id=str(path), pretrained=False).architecture)
+    else:
+        run_dir, job_class, values, _ = _open_run(path, kind)
+        model = build_abstractly(lambda: _run_model(job_class, values))
+        _run_tokenizer(values, run_dir)
+    _check_class(model, model_class, path)
+
+
+def _check_class(model: Any, model_class: type | None, path: Path) -> None:
+    if model_class is not None and not isinstance(model, model_class):
+        raise ConfigError(f"{path} holds a {type(model).__name__}, not a {model_class.__name__}")
+
+
+def _open_run(path: Path, kind: str) -> tuple[Path, type, dict[str, Any], ckpt.Checkpoint]:
+    """The run folder, job class, config values and verified checkpoint of a run (or of one
+    of its checkpoints): a ConfigError for each way one can be missing or damaged."""
     run_dir = path if kind == "run" else path.parent.parent
     key, _, values = runs.read_config(run_dir / RUN_CONFIG if kind == "run" else _run_config(path))
     job_class = runs.job_class(key)
@@ -92,14 +113,28 @@ def _load_run(path: Path, kind: str):
         ckpt.verify(checkpoint.path)
     except ckpt.CheckpointError as error:
         raise ConfigError(str(error)) from None
-    # The model as its job builds it (float32 here, whatever precision it trained in).
+    return run_dir, job_class, values, checkpoint
+
+
+def _run_model(job_class: type, values: dict[str, Any]) -> Any:
+    """The model as its job builds it (float32 here, whatever precision it trained in), unloaded."""
     model = as_causal_lm(build(job_class.MODEL, values))
     model.build((None, values["architecture/block_size"]))
-    model.load_weights(checkpoint.path / ckpt.MODEL_FILE)  # the weights only: no optimizer to restore
+    return model
+
+
+def _run_tokenizer(values: dict[str, Any], run_dir: Path) -> Any:
     try:
-        tokenizer = load_tokenizer(values["data/tokenizer"])
+        return load_tokenizer(values["data/tokenizer"])
     except (ValueError, FileNotFoundError) as error:
         raise ConfigError(f"data/tokenizer of {run_dir}: {error}") from None
+
+
+def _load_run(path: Path, kind: str):
+    run_dir, job_class, values, checkpoint = _open_run(path, kind)
+    model = _run_model(job_class, values)
+    model.load_weights(checkpoint.path / ckpt.MODEL_FILE)  # the weights only: no optimizer to restore
+    tokenizer = _run_tokenizer(values, run_dir)
     validation = None
 
     def heldout():
@@ -127,7 +162,10 @@ class RunEvaluator(BaseEvaluator[M]):
 
     def __init__(self, values: dict[str, Any], run_dir: Path | None = None) -> None:
         super().__init__(values, run_dir)
-        describe(self.config.checkpoint)  # a wrong path fails before anything runs
+        kind, path = describe(self.config.checkpoint)  # a wrong path fails before anything runs
+        if kind == "huggingface":  # so do its weights: all there, as safetensors (never a pickle)
+            HFCheckpoint(str(path)).plan()
+        check(self.config.checkpoint, self.MODEL)  # and a model that is not one, or not complete
 
     def load(self) -> LanguageModel:
         cfg = self.config

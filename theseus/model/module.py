@@ -21,7 +21,7 @@ import keras
 
 from theseus.base import sharding as layouts
 from theseus.base.sharding import ShardingError, ShardingRules, abstract_build, resolve_layout
-from theseus.config import fields_of
+from theseus.config import check_bounds, fields_of
 from theseus.model.axes import Axes
 
 LogicalAxes = tuple[Axes | None, ...]
@@ -43,7 +43,7 @@ class Module(keras.Layer):
         values = {}
         for f in fields_of(type(self)):
             if f.attr in kwargs:
-                values[f.attr] = kwargs.pop(f.attr)
+                values[f.attr] = check_bounds(f, kwargs.pop(f.attr))  # e.g. n_layer >= 1
             elif f.required:
                 raise TypeError(f"{type(self).__name__} needs `{f.attr}` (config key '{f.key}')")
             else:

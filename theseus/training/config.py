@@ -25,17 +25,23 @@ class TrainingSection:
 
     # one line a key, alike in every section: each key is declared once, where it belongs
     tokens: int = field(
-        "training/tokens", default=1_000_000, help="training tokens; steps = tokens // (batch_size * block_size)"
+        "training/tokens",
+        default=1_000_000,
+        bounds=">= 1",
+        help="training tokens; steps = tokens // (batch_size * block_size)",
     )
-    batch_size: int = field("training/batch_size", default=16, help="sequences per optimizer step (global batch)")
-    block_size: int = field("architecture/block_size", default=256, help="context length in tokens")
-    seed: int = field("training/seed", default=0, help="seed of initialisation, dropout and data order")
+    batch_size: int = field(
+        "training/batch_size", default=16, bounds=">= 1", help="sequences per optimizer step (global batch)"
+    )
+    block_size: int = field("architecture/block_size", default=256, bounds=">= 1", help="context length in tokens")
+    seed: int = field("training/seed", default=0, bounds=">= 0", help="seed of initialisation, dropout and data order")
     jit_compile: bool | str = field(
         "training/jit_compile", default="auto", help="Keras jit_compile: auto, true or false"
     )
     micro_batch_size: int | None = field(
         "training/micro_batch_size",
         default=None,
+        bounds=">= 1",
         help="sequences per forward/backward pass (gradient accumulation); must divide batch_size; null = batch_size",
     )
     precision: Literal["float32", "bfloat16"] = field(
@@ -68,19 +74,30 @@ class OptimizationSection:
     cycles: list[int | float] = field(
         "optimization/cycles",
         default_factory=lambda: [0.5],
+        bounds="> 0",
         help="wsd-s: where each cycle but the last ends, fractions of the run (< 1.0) or steps; each cycle decays over `decay` of its own length",
     )
-    lr: float = field("optimization/lr", default=2e-3, help="peak learning rate")
-    warmup: int | float = field("optimization/warmup", default=0.05, help="warmup: fraction of steps (<= 1.0) or steps")
-    decay: int | float = field("optimization/decay", default=0.2, help="WSD decay: fraction of steps (<= 1.0) or steps")
+    lr: float = field("optimization/lr", default=2e-3, bounds="> 0", help="peak learning rate")
+    warmup: int | float = field(
+        "optimization/warmup", default=0.05, bounds=">= 0", help="warmup: fraction of steps (<= 1.0) or steps"
+    )
+    decay: int | float = field(
+        "optimization/decay", default=0.2, bounds=">= 0", help="WSD decay: fraction of steps (<= 1.0) or steps"
+    )
     decay_shape: str = field(
         "optimization/decay_shape", default="1-sqrt", help="WSD decay shape: linear, cosine or 1-sqrt"
     )
-    final_lr_fraction: float = field("optimization/final_lr_fraction", default=0.0, help="final lr / peak lr")
-    weight_decay: float = field("optimization/weight_decay", default=0.1, help="AdamW decoupled weight decay")
-    beta_1: float = field("optimization/beta_1", default=0.9, help="Adam beta 1")
-    beta_2: float = field("optimization/beta_2", default=0.95, help="Adam beta 2")
-    clip_norm: float = field("optimization/clip_norm", default=1.0, help="global gradient-norm clip; 0 = off")
+    final_lr_fraction: float = field(
+        "optimization/final_lr_fraction", default=0.0, bounds="[0, 1]", help="final lr / peak lr"
+    )
+    weight_decay: float = field(
+        "optimization/weight_decay", default=0.1, bounds=">= 0", help="AdamW decoupled weight decay"
+    )
+    beta_1: float = field("optimization/beta_1", default=0.9, bounds="[0, 1)", help="Adam beta 1")
+    beta_2: float = field("optimization/beta_2", default=0.95, bounds="[0, 1)", help="Adam beta 2")
+    clip_norm: float = field(
+        "optimization/clip_norm", default=1.0, bounds=">= 0", help="global gradient-norm clip; 0 = off"
+    )
     decay_embeddings: bool = field(
         "optimization/decay_embeddings",
         default=False,
@@ -114,15 +131,24 @@ class LoggingSection:
     """What a run reports and keeps: metrics, validations, checkpoints, evaluations."""
 
     # one line a key, alike in every section: each key is declared once, where it belongs
-    log_interval: int = field("logging/log_interval", default=10, help="steps between metrics rows")
-    validation_interval: int = field("logging/validation_interval", default=100, help="steps between validations")
-    validation_batches: int = field("logging/validation_batches", default=20, help="batches per validation (fixed set)")
-    checkpoint_interval: int = field("logging/checkpoint_interval", default=200, help="steps between checkpoints")
-    keep_checkpoints: int = field("logging/keep_checkpoints", default=3, help="recent checkpoints kept; 0 = all")
+    log_interval: int = field("logging/log_interval", default=10, bounds=">= 1", help="steps between metrics rows")
+    validation_interval: int = field(
+        "logging/validation_interval", default=100, bounds=">= 1", help="steps between validations"
+    )
+    validation_batches: int = field(
+        "logging/validation_batches", default=20, bounds=">= 1", help="batches per validation (fixed set)"
+    )
+    checkpoint_interval: int = field(
+        "logging/checkpoint_interval", default=200, bounds=">= 1", help="steps between checkpoints"
+    )
+    keep_checkpoints: int = field(
+        "logging/keep_checkpoints", default=3, bounds=">= 0", help="recent checkpoints kept; 0 = all"
+    )
     progress_bar: bool = field("logging/progress_bar", default=True, help="show Keras's progress bar")
     peak_flops: float = field(
         "logging/peak_flops",
         default=0.0,
+        bounds=">= 0",
         help="peak FLOP/s of one device, for MFU (times the devices in the mesh); 0 = measure a matmul at start",
     )
     plot: bool = field(

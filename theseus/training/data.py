@@ -30,15 +30,20 @@ class Batches:
     """What the data is, for messages ("tokens", "chats")."""
 
 
-def text_batches(
-    config: BaseTrainerConfig, tokenizer: Any, total_steps: int, start_step: int, vocab_size: int | None
-) -> Batches:
-    """The pretraining batches of `data/source` (or `data/mixture`), from `start_step` on."""
+def check_vocabulary(tokenizer: Any, vocab_size: int | None) -> None:
+    """A ConfigError when the model's `architecture/vocab_size` (if it has one) cannot hold every token."""
     if isinstance(vocab_size, int) and tokenizer.vocab_size > vocab_size:
         raise ConfigError(
             f"architecture/vocab_size={vocab_size} is smaller than the {tokenizer.vocab_size} "
             f"tokens of data/tokenizer {tokenizer.name}"
         )
+
+
+def text_batches(
+    config: BaseTrainerConfig, tokenizer: Any, total_steps: int, start_step: int, vocab_size: int | None
+) -> Batches:
+    """The pretraining batches of `data/source` (or `data/mixture`), from `start_step` on."""
+    check_vocabulary(tokenizer, vocab_size)
     data = training_data(config, tokenizer, config.block_size)
     try:
         return Batches(

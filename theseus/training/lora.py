@@ -36,8 +36,8 @@ class LoraConfig:
     """Low-rank adapters on the projections `targets` names."""
 
     enabled: bool = field("lora/enabled", default=False, help="train LoRA adapters instead of the weights themselves")
-    rank: int = field("lora/rank", default=8, help="adapter rank r")
-    alpha: float = field("lora/alpha", default=16.0, help="the update is scaled by alpha / rank")
+    rank: int = field("lora/rank", default=8, bounds=">= 1", help="adapter rank r")
+    alpha: float = field("lora/alpha", default=16.0, bounds="> 0", help="the update is scaled by alpha / rank")
     targets: list[str] = field(
         "lora/targets",
         default_factory=lambda: ["attn", "mlp"],
@@ -50,7 +50,10 @@ class FreezeConfig:
     """Which weights train in a fine-tune (besides LoRA adapters); by default all of them."""
 
     train_last_blocks: int = field(
-        "finetune/train_last_blocks", default=0, help="train only the last N transformer blocks (0 = no such limit)"
+        "finetune/train_last_blocks",
+        default=0,
+        bounds=">= 0",
+        help="train only the last N transformer blocks (0 = no such limit)",
     )
     trainable: list[str] = field(
         "finetune/trainable",

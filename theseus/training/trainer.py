@@ -22,6 +22,7 @@ import keras
 
 from theseus.base import multihost
 from theseus.base.mesh import Topology, check_placement
+from theseus.base.sharding import build_abstractly
 from theseus.config import ConfigError, build
 from theseus.evaluation.callback import EvaluationCallback
 from theseus.evaluation.tasks import evaluations
@@ -42,7 +43,7 @@ from theseus.training.callbacks import (
     measure_peak_flops,
 )
 from theseus.training.config import PRECISIONS, BaseTrainerConfig
-from theseus.training.data import Batches
+from theseus.training.data import Batches, check_vocabulary
 from theseus.training.export import export_hf
 from theseus.training.folder import CHECKPOINTS, CONFIG_FILE, METRICS_FILE, RunFolder
 from theseus.training.norms import track_norms
@@ -97,6 +98,7 @@ class BaseTrainer(Generic[M]):
         batch_key = "training/micro_batch_size" if self.micro_steps > 1 else "training/batch_size"
         per_pass = cfg.batch_size // self.micro_steps
         self.topology.validate(per_pass, batch_key, self.build_model)  # joins a multi-host job
+        check_inputs(self)  # the model (built abstractly), the tokenizer and the data sources
         self.evaluations = evaluations(cfg.evaluations)  # a bad task file fails here too
 
     def model_source(self) -> ModelSource:
@@ -200,6 +202,15 @@ class BaseTrainer(Generic[M]):
         ]
         fit_until_stopped(model, train, callbacks, steps, checkpointer, self.folder, cfg)
         return {**result, **(validating.last or {})}
+
+
+def check_inputs(trainer: BaseTrainer) -> None:
+    """What a run reads, checked before its folder is touched: the model, built abstractly (no
+    memory), whose constructor's refusal is one ConfigError naming `architecture`; the
+    tokenizer against the model's vocabulary; every text source of `data/...`."""
+    build_abstractly(trainer.build_model)
+    check_vocabulary(trainer.tokenizer(), trainer.values.get("architecture/vocab_size"))
+    trainer.config.check_sources()
 
 
 def announce(model: keras.Model, steps: int, tokens_per_step: int) -> None:

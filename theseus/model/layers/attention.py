@@ -63,6 +63,8 @@ class CausalSelfAttention(Layer):
     ) -> None:
         super().__init__(**kwargs)
         self.n_head, self.head_dim = n_head, head_dim
+        if n_head < 1 or head_dim < 1:
+            raise ValueError(f"attention needs n_head >= 1 and head_dim >= 1, got n_head={n_head}, head_dim={head_dim}")
         self.n_kv_head = n_kv_head or n_head
         if n_head % self.n_kv_head:
             raise ValueError(f"n_head ({n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")

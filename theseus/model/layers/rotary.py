@@ -19,6 +19,10 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | N
     Supported scalings: None / "default", "linear" (`factor`), and "llama3" (`factor`,
     `low_freq_factor`, `high_freq_factor`, `original_max_position_embeddings`).
     """
+    if head_dim % 2 or theta <= 0:
+        raise ValueError(
+            f"rotary positions need an even head width and theta > 0, got head_dim={head_dim}, theta={theta}"
+        )
     inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
     kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
     if kind == "default":

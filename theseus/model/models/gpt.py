@@ -55,25 +55,32 @@ class GPT(DecoderLM):
 
     # Every family lists all its fields, with its own defaults and help: its YAML reads from here.
     vocab_size: int = field(
-        "architecture/vocab_size", default=320, help="rows of the embedding (256 bytes + specials, padded to 64)"
+        "architecture/vocab_size",
+        default=320,
+        bounds=">= 1",
+        help="rows of the embedding (256 bytes + specials, padded to 64)",
     )
-    block_size: int = field("architecture/block_size", default=256, help="context length in tokens")
-    n_layer: int = field("architecture/n_layer", default=4, help="transformer blocks")
-    n_head: int = field("architecture/n_head", default=4, help="attention heads")
-    n_embd: int = field("architecture/n_embd", default=128, help="residual width")
-    n_embd_ff: int | None = field("architecture/n_embd_ff", default=None, help="MLP width; null = 4 * n_embd")
-    dropout: float = field("architecture/dropout", default=0.0, help="residual and embedding dropout")
+    block_size: int = field("architecture/block_size", default=256, bounds=">= 1", help="context length in tokens")
+    n_layer: int = field("architecture/n_layer", default=4, bounds=">= 1", help="transformer blocks")
+    n_head: int = field("architecture/n_head", default=4, bounds=">= 1", help="attention heads")
+    n_embd: int = field("architecture/n_embd", default=128, bounds=">= 1", help="residual width")
+    n_embd_ff: int | None = field(
+        "architecture/n_embd_ff", default=None, bounds=">= 1", help="MLP width; null = 4 * n_embd"
+    )
+    dropout: float = field("architecture/dropout", default=0.0, bounds="[0, 1)", help="residual and embedding dropout")
     bias: bool = field("architecture/bias", default=True, help="biases in projections and LayerNorms")
     tie_embeddings: bool = field("architecture/tie_embeddings", default=True, help="output head = embedding transposed")
     position: Literal["learned", "rope"] = field("architecture/position", default="learned", help="learned or rope")
-    rope_theta: float = field("architecture/rope_theta", default=10000.0, help="RoPE base (position: rope)")
+    rope_theta: float = field(
+        "architecture/rope_theta", default=10000.0, bounds="> 0", help="RoPE base (position: rope)"
+    )
     activation: str = field("architecture/activation", default="gelu_tanh", help="gelu, gelu_tanh, relu or silu")
-    norm_eps: float = field("architecture/norm_eps", default=1e-5, help="LayerNorm epsilon")
+    norm_eps: float = field("architecture/norm_eps", default=1e-5, bounds="> 0", help="LayerNorm epsilon")
 
     def __init__(self, name: str = "gpt", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         hidden = self.n_embd_ff or 4 * self.n_embd
         self.wte = Embedding(
             self.vocab_size, self.n_embd, initializer=keras.initializers.RandomNormal(stddev=0.02), name="wte"

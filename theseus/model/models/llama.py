@@ -68,29 +68,32 @@ class Llama(DecoderLM):
     """
 
     # Every family lists all its fields, with its own defaults and help: its YAML reads from here.
-    vocab_size: int = field("architecture/vocab_size", default=320, help="rows of the embedding")
+    vocab_size: int = field("architecture/vocab_size", default=320, bounds=">= 1", help="rows of the embedding")
     block_size: int = field(
-        "architecture/block_size", default=256, help="context length in tokens (HF max_position_embeddings)"
+        "architecture/block_size",
+        default=256,
+        bounds=">= 1",
+        help="context length in tokens (HF max_position_embeddings)",
     )
-    n_layer: int = field("architecture/n_layer", default=4, help="transformer blocks")
-    n_head: int = field("architecture/n_head", default=4, help="query heads")
+    n_layer: int = field("architecture/n_layer", default=4, bounds=">= 1", help="transformer blocks")
+    n_head: int = field("architecture/n_head", default=4, bounds=">= 1", help="query heads")
     n_kv_head: int | None = field(
-        "architecture/n_kv_head", default=None, help="key/value heads (grouped-query); null = n_head"
+        "architecture/n_kv_head", default=None, bounds=">= 1", help="key/value heads (grouped-query); null = n_head"
     )
-    n_embd: int = field("architecture/n_embd", default=128, help="residual width")
+    n_embd: int = field("architecture/n_embd", default=128, bounds=">= 1", help="residual width")
     n_embd_ff: int | None = field(
-        "architecture/n_embd_ff", default=None, help="MLP width; null = 8/3 * n_embd rounded up to 64"
+        "architecture/n_embd_ff", default=None, bounds=">= 1", help="MLP width; null = 8/3 * n_embd rounded up to 64"
     )
     head_dim: int | None = field(
-        "architecture/head_dim", default=None, help="width of one head; null = n_embd // n_head"
+        "architecture/head_dim", default=None, bounds=">= 1", help="width of one head; null = n_embd // n_head"
     )
-    rope_theta: float = field("architecture/rope_theta", default=10000.0, help="RoPE base")
+    rope_theta: float = field("architecture/rope_theta", default=10000.0, bounds="> 0", help="RoPE base")
     rope_scaling: dict | None = field(
         "architecture/rope_scaling",
         default=None,
         help="RoPE frequency scaling, e.g. {rope_type: llama3, factor: 8, ...}",
     )
-    norm_eps: float = field("architecture/norm_eps", default=1e-6, help="RMSNorm epsilon")
+    norm_eps: float = field("architecture/norm_eps", default=1e-6, bounds="> 0", help="RMSNorm epsilon")
     tie_embeddings: bool = field(
         "architecture/tie_embeddings", default=False, help="output head = embedding transposed"
     )
@@ -101,13 +104,16 @@ class Llama(DecoderLM):
     sliding_window: int | None = field(
         "architecture/sliding_window",
         default=None,
+        bounds=">= 1",
         help="attend to at most this many recent tokens (Mistral); null = all",
     )
 
     def __init__(self, name: str = "llama", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         if self.head_dim is None and self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}), or set head_dim")
+            raise ValueError(
+                f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: change one, or set head_dim"
+            )
         self.head_dim = self.head_dim or self.n_embd // self.n_head
         self.n_kv_head = self.n_kv_head or self.n_head
         self.n_embd_ff = self.n_embd_ff or 64 * math.ceil(8 * self.n_embd / 3 / 64)
