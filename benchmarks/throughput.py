@@ -35,7 +35,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from theseus.data.targets import IGNORE_INDEX  # noqa: E402
+from theseus.base.targets import IGNORE_INDEX  # noqa: E402
 from theseus.model.layers import attention, dense  # noqa: E402
 from theseus.model.models import GPT, Llama, causal_lm  # noqa: E402
 from theseus.training.callbacks import LearningRate, MetricsLogger, StopOnNonFinite, Throughput  # noqa: E402

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from theseus.base.targets import IGNORE_INDEX
 from theseus.config import ConfigError
 from theseus.data import ChatRows, chat_datasets, load_tokenizer
 from theseus.data.sft import read_chat_records, render_chat
-from theseus.data.targets import IGNORE_INDEX
 
 TWO_TURNS = [
     {"role": "system", "content": "Be brief."},

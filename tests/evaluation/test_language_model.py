@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from lm_fixtures import hand_loglikelihood, tiny_lm
 
+from theseus.base.targets import IGNORE_INDEX
 from theseus.config import ConfigError
-from theseus.data.targets import IGNORE_INDEX
 
 
 @pytest.fixture(scope="module")

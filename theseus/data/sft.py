@@ -24,10 +24,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from theseus.base.targets import IGNORE_INDEX
 from theseus.config import ConfigError, field
 from theseus.data.loader import TokenWindows, ValidationWindows
 from theseus.data.sources import jsonl_records
-from theseus.data.targets import IGNORE_INDEX
 from theseus.data.tokenize import is_validation
 
 

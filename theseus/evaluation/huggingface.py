@@ -19,11 +19,12 @@ import numpy as np
 
 from theseus.base.sharding import build_abstractly
 from theseus.config import ConfigError, build, field
+from theseus.data import load_tokenizer
 from theseus.data.config import DataConfig, training_data
 from theseus.data.loader import ValidationWindows
 from theseus.evaluation.evaluator import BaseEvaluator, EvaluatorConfig
 from theseus.evaluation.language_model import LanguageModel
-from theseus.model.huggingface import AUTO, KEY, HFCompat, check_vocabulary, hf_tokenizer, open_checkpoint
+from theseus.model.huggingface import AUTO, KEY, HFCompat, check_vocabulary, open_checkpoint, tokenizer_name
 
 M = TypeVar("M", bound=HFCompat)
 
@@ -70,7 +71,7 @@ class HFEvaluator(BaseEvaluator[M]):
         self.config.check_sources()  # the held-out text `perplexity` reads
 
     def tokenizer(self):
-        return hf_tokenizer(self.config.tokenizer, self.hf)
+        return load_tokenizer(tokenizer_name(self.config.tokenizer, self.hf))
 
     def load(self) -> LanguageModel:
         cfg = self.config

@@ -19,8 +19,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from theseus.base.targets import IGNORE_INDEX
 from theseus.config import ConfigError
-from theseus.data.targets import IGNORE_INDEX
 from theseus.generation import Generator, compile_for_backend
 
 LENGTH_MULTIPLE = 32

@@ -33,9 +33,9 @@ from theseus.model.convert.checkpoint import (
     HFCheckpoint,
     check_vocabulary,
     copy_tokenizer,
-    hf_tokenizer,
     open_checkpoint,
     resolve_folder,
+    tokenizer_name,
 )
 from theseus.model.convert.safetensors import numpy_dtype, write_shards
 from theseus.model.models.causal_lm import CausalLM
@@ -257,9 +257,9 @@ __all__ = [
     "HFCompat",
     "LogicalAxes",
     "check_vocabulary",
-    "hf_tokenizer",
     "open_checkpoint",
     "random_init",
     "resolve_folder",
+    "tokenizer_name",
     "save_hf",
 ]

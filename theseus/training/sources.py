@@ -12,7 +12,7 @@ from typing import Any
 
 from theseus.config import ConfigError, build
 from theseus.data import load_tokenizer
-from theseus.model.huggingface import AUTO, KEY, check_vocabulary, hf_tokenizer, open_checkpoint, random_init
+from theseus.model.huggingface import AUTO, KEY, check_vocabulary, open_checkpoint, random_init, tokenizer_name
 from theseus.model.models.causal_lm import as_causal_lm
 from theseus.model.module import Module
 from theseus.training.checkpoint import digest
@@ -71,7 +71,7 @@ class HFFolder(ModelSource):
             return super().build()
 
     def tokenizer(self) -> Any:
-        return hf_tokenizer(self.config.tokenizer, self.checkpoint)
+        return load_tokenizer(tokenizer_name(self.config.tokenizer, self.checkpoint))
 
     def export_tokenizer(self) -> Any:
         return self.checkpoint.folder if self.config.tokenizer == AUTO else super().export_tokenizer()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from support import needs_jax
 
-from theseus.data.targets import IGNORE_INDEX
+from theseus.base.targets import IGNORE_INDEX
 from theseus.model.axes import TENSOR_PARALLEL
 from theseus.model.models import GPT, Llama
 from theseus.model.models.causal_lm import CausalLMLoss, DecoderLM

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from theseus.data.targets import IGNORE_INDEX
+from theseus.base.targets import IGNORE_INDEX
 from theseus.model.models import GPT
 from theseus.training.schedules import WSD
 

@@ -5,7 +5,7 @@ downloaded), checks its config.json and safetensors headers, and streams the ten
 a built theseus model's variables. Only safetensors are read: weights stored as a pickle
 (`pytorch_model.bin`, `*.pt`) are refused with the command that converts them, since
 unpickling a file can run any code in it; and no tokenizer or model code shipped in a
-folder is ever run (`trust_remote_code` is never set). `open_checkpoint`, `hf_tokenizer`
+folder is ever run (`trust_remote_code` is never set). `open_checkpoint`, `tokenizer_name`
 and `check_vocabulary` are what a job needs to accept a folder and its tokenizer.
 """
 
@@ -20,7 +20,6 @@ import keras
 import numpy as np
 
 from theseus.config import ConfigError
-from theseus.data import load_tokenizer
 from theseus.model.convert import FAMILIES, Family, HFTensor
 from theseus.model.convert.safetensors import INDEX_FILE, SafetensorsFile
 
@@ -234,21 +233,17 @@ def open_checkpoint(model_id: str, model_types: tuple[str, ...] = (), job: str =
     return checkpoint
 
 
-def hf_tokenizer(name: str, checkpoint: HFCheckpoint):
-    """The tokenizer `data/tokenizer` names; `auto` is the checkpoint folder's own."""
-    if name == AUTO:
-        if not checkpoint.tokenizer_files():
-            raise ConfigError(
-                f"data/tokenizer is auto but {checkpoint.folder} has no tokenizer files; "
-                "set data.tokenizer to byte or to a tokenizer folder"
-            )
-        name = str(checkpoint.folder)
-    try:
-        return load_tokenizer(name)
-    except ConfigError:
-        raise
-    except (ValueError, FileNotFoundError) as error:
-        raise ConfigError(f"data/tokenizer: {error}") from None
+def tokenizer_name(name: str, checkpoint: HFCheckpoint) -> str:
+    """The tokenizer `data/tokenizer` names, for `theseus.data.load_tokenizer`: `auto` is the
+    checkpoint folder's own (a ConfigError when it has none)."""
+    if name != AUTO:
+        return name
+    if not checkpoint.tokenizer_files():
+        raise ConfigError(
+            f"data/tokenizer is auto but {checkpoint.folder} has no tokenizer files; "
+            "set data.tokenizer to byte or to a tokenizer folder"
+        )
+    return str(checkpoint.folder)
 
 
 def check_vocabulary(tokenizer: Any, checkpoint: HFCheckpoint) -> None:

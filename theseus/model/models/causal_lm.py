@@ -15,7 +15,7 @@ import numpy as np
 from keras import ops
 from keras.src.backend import set_keras_mask
 
-from theseus.data.targets import IGNORE_INDEX
+from theseus.base.targets import IGNORE_INDEX
 from theseus.model.axes import TENSOR_PARALLEL, Axes
 from theseus.model.layers import CausalSelfAttention, Embedding, rotary_tables
 from theseus.model.layers.attention import cache_attention_mask, cache_positions
