@@ -90,6 +90,7 @@ def test_topology_is_a_config_section_defaulting_to_data_parallel_on_every_devic
         "topology/coordinator": "",
         "topology/num_processes": None,
         "topology/process_id": None,
+        "topology/peer_timeout": 180,
         "topology/backend": None,
     }
     assert "strategy: dp  # dp, tp, fsdp or fsdp+tp" in runs.config_text("gpt/train/pretrain", fields, defaults)

@@ -1,12 +1,16 @@
 """A real multi-host run: two local processes (4 virtual CPU devices each) joined through
 JAX's own runtime on 127.0.0.1 into one mesh of 8, against the same job in one process."""
 
+import itertools
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -22,6 +26,7 @@ from theseus.training import checkpoint as ckpt
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="multi-host runs need JAX")
 
 JOB = "gpt/train/pretrain"
+KILL_AT = Path(__file__).parents[1] / "training" / "kill_at.py"
 TINY = {
     "architecture/n_layer": 1,
     "architecture/n_embd": 32,
@@ -49,45 +54,67 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(config, out_dir, name, *overrides, processes=2):
-    """Start `theseus run` as `processes` cooperating processes, 8 // processes devices each."""
+def launch(config, out_dir, name, *overrides, processes=2, kill=None):
+    """Start `theseus run` as `processes` cooperating processes, 8 // processes devices each,
+    each writing its output to `out_dir/NAME-I.K.log` (K: the K-th launch); `kill=(i, "SIGNAL@step:N")` runs process
+    i through `kill_at.py`, which sends it SIGNAL after step N."""
     port = free_port()
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes}"}
-    return [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "theseus.cli",
-                "run",
-                name,
-                str(config),
-                str(out_dir),
-                f"topology.coordinator=127.0.0.1:{port}",
-                f"topology.num_processes={processes}",
-                f"topology.process_id={i}",
-                *overrides,
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            stdin=subprocess.DEVNULL,
+    procs = []
+    for i in range(processes):
+        command = (
+            [sys.executable, str(KILL_AT), kill[1]] if kill and kill[0] == i else [sys.executable, "-m", "theseus.cli"]
         )
-        for i in range(processes)
-    ]
+        log = next(path for k in itertools.count() if not (path := Path(out_dir) / f"{name}-{i}.{k}.log").exists())
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as out:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        *command,
+                        "run",
+                        name,
+                        str(config),
+                        str(out_dir),
+                        f"topology.coordinator=127.0.0.1:{port}",
+                        f"topology.num_processes={processes}",
+                        f"topology.process_id={i}",
+                        *overrides,
+                    ],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    stdin=subprocess.DEVNULL,
+                )
+            )
+        procs[-1].log = log
+    return procs
 
 
-def finish(procs) -> None:
-    """Wait for a launched job; every process must succeed."""
+def wait(procs, timeout=600) -> list[float]:
+    """Wait for a launched job to end; when each process ended (time.monotonic())."""
+    ended = [None] * len(procs)
+    deadline = time.monotonic() + timeout
     try:
-        logs = [p.communicate(timeout=600)[0] for p in procs]
+        while None in ended and time.monotonic() < deadline:
+            for i, p in enumerate(procs):
+                if ended[i] is None and p.poll() is not None:
+                    ended[i] = time.monotonic()
+            time.sleep(0.1)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-6000:]
+    assert None not in ended, [p.log.read_text()[-3000:] for p in procs]
+    return ended
+
+
+def finish(procs) -> None:
+    """Wait for a launched job; every process must succeed."""
+    wait(procs)
+    for p in procs:
+        assert p.returncode == 0, p.log.read_text()[-6000:]
 
 
 def rows(run_dir):
@@ -106,15 +133,22 @@ def restored(run_dir, step):
     return model
 
 
-@pytest.mark.slow
-def test_two_processes_train_like_one_and_their_checkpoints_cross_topologies(tmp_path):
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """The job's config file, and the job run to the end in this one process (same 4x2 mesh)."""
+    tmp = tmp_path_factory.mktemp("multihost")
     fields, values = runs.configure(JOB, TINY, require=True)
-    config = tmp_path / "gpt.yaml"
+    config = tmp / "gpt.yaml"
     config.write_text(runs.config_text(JOB, fields, values))
-
-    reference = tmp_path / "runs" / "one"  # the same job in this one process, same 4x2 mesh
+    reference = tmp / "one"
     runs.prepare_run_dir(reference, JOB, fields, values)
     PretrainGPT(values, reference).run()
+    return config, reference
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_and_their_checkpoints_cross_topologies(job, tmp_path):
+    config, reference = job
     want = rows(reference)
 
     # Two jobs of two processes each, side by side: (1) from scratch; (3) resuming the
@@ -160,6 +194,54 @@ def test_two_processes_train_like_one_and_their_checkpoints_cross_topologies(tmp
     again = rows(resumed)
     assert [r["step"] for r in again] == [r["step"] for r in want]
     np.testing.assert_allclose([r["loss"] for r in again[11:]], [r["loss"] for r in want[11:]], rtol=1e-4, atol=0)
+
+
+PEER_TIMEOUT = 10  # topology/peer_timeout for the test; the default is minutes
+
+
+@pytest.mark.slow
+def test_a_killed_process_ends_the_job_in_bounded_time_and_a_rerun_resumes_to_the_same_loss(job, tmp_path):
+    config, reference = job
+    want = rows(reference)
+    out = tmp_path / "runs"
+    # Two jobs side by side: one loses process 1 (a worker) after step 15, the other process 0
+    # (the writer, which hosts JAX's coordination service). Checkpoint 10 is the last complete.
+    timeout = f"topology.peer_timeout={PEER_TIMEOUT}"
+    killed = {
+        victim: launch(config, out, f"lost{victim}", timeout, kill=(victim, "SIGKILL@step:15")) for victim in (1, 0)
+    }
+    ended = {victim: wait(procs) for victim, procs in killed.items()}
+
+    # A worker dies: process 0 stops within the timeout (plus one heartbeat), exit 1, one line.
+    writer, worker = killed[1]
+    assert worker.returncode == -signal.SIGKILL and writer.returncode == 1, writer.log.read_text()[-3000:]
+    assert ended[1][0] - ended[1][1] < PEER_TIMEOUT + 15
+    log = writer.log.read_text()
+    assert log.rstrip().splitlines()[-1] == (
+        f"theseus: process 1 of the multi-host job has not answered for {PEER_TIMEOUT} s (topology/peer_timeout): "
+        "it died or its host is unreachable; stopping. Run all 2 processes again to resume from the last checkpoint"
+    )
+    assert "Traceback" not in log and "Check failure" not in log
+
+    # The writer dies: JAX's runtime ends the worker at once, with JAX's own message.
+    writer, worker = killed[0]
+    assert writer.returncode == -signal.SIGKILL and worker.returncode != 0
+    assert ended[0][1] - ended[0][0] < 15
+    assert "another task died" in worker.log.read_text()
+
+    for victim in (1, 0):
+        checkpoints = out / f"lost{victim}" / "checkpoints"
+        assert ckpt.step_dir(checkpoints, 10).is_dir() and not ckpt.step_dir(checkpoints, 20).exists()
+
+    # Every process run again: both jobs resume from step 10 and end with the uninterrupted losses.
+    again = {victim: launch(config, out, f"lost{victim}", timeout) for victim in (1, 0)}
+    for procs in again.values():
+        finish(procs)
+    for victim, procs in again.items():
+        assert "(step 10)" in procs[0].log.read_text()
+        got = rows(out / f"lost{victim}")
+        assert [r["step"] for r in got] == [r["step"] for r in want]
+        np.testing.assert_allclose([r["loss"] for r in got[11:]], [r["loss"] for r in want[11:]], rtol=1e-4, atol=0)
 
 
 def test_one_process_feeds_the_whole_batch():

@@ -90,6 +90,12 @@ class Topology:
         bounds=">= 0",
         help="multi-host: this process (0 writes the run folder); null = env KERAS_DISTRIBUTION_PROCESS_ID",
     )
+    peer_timeout: int = field(
+        "topology/peer_timeout",
+        default=180,
+        bounds=">= 1",
+        help="multi-host: seconds a process may go silent before process 0 stops the job (one line, exit 1)",
+    )
 
     def __post_init__(self) -> None:
         try:

@@ -2,15 +2,22 @@
 
 One job runs as N cooperating processes (one per host) that form one global device
 mesh. Every process runs the same program; process 0 alone writes the run folder;
-each process feeds only the rows of the global batch that its own devices hold; and a
-checkpoint gathers the sharded state so that it can be restored on any topology.
-With one process every function here is a no-op.
+each process feeds only the rows of the global batch that its own devices hold; a
+checkpoint gathers the sharded state so that it can be restored on any topology; and
+when one process dies the job ends, within `topology/peer_timeout` seconds, so that a
+rerun of every process resumes it (`PeerWatch`). With one process every function here is
+a no-op.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import itertools
 import os
+import sys
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -22,6 +29,7 @@ _ENV_ADDRESSES = "KERAS_DISTRIBUTION_JOB_ADDRESSES"
 _ENV_PROCESSES = "KERAS_DISTRIBUTION_NUM_PROCESSES"
 _ENV_PROCESS_ID = "KERAS_DISTRIBUTION_PROCESS_ID"
 _joined: tuple | None = None  # the (coordinator, processes, id) this process joined
+_watch: PeerWatch | None = None  # started when this process joins a job of several
 
 
 def initialize(topology: Any) -> None:
@@ -56,11 +64,27 @@ def initialize(topology: Any) -> None:
         if job != _joined:
             raise ConfigError(f"this process already joined the multi-host job {_joined}, not {job}")
         return
+    _join(*job, peer_timeout=topology.peer_timeout)
+    _joined = job
+
+
+def _join(coordinator: str | None, processes: int | None, process_id: int | None, peer_timeout: int) -> None:
+    """`jax.distributed.initialize`, as `keras.distribution.initialize` calls it, but with
+    JAX's own heartbeat set well past `peer_timeout`, so that `PeerWatch` ends a job whose
+    process died with one line before JAX aborts it with a C++ trace. (Keras's call also
+    agrees a random seed between processes; theseus sets the config's seed itself.)"""
+    import jax
+
+    if coordinator is not None:
+        coordinator = coordinator.split(",")[0]  # Keras's list of job addresses: process 0's first
     try:
-        keras.distribution.initialize(*job)
+        jax.distributed.initialize(coordinator, processes, process_id, heartbeat_timeout_seconds=2 * peer_timeout + 10)
     except (RuntimeError, ValueError) as error:
         raise ConfigError(f"cannot join the multi-host job at {coordinator}: {str(error).splitlines()[0]}") from None
-    _joined = job
+    global _watch
+    if jax.process_count() > 1:
+        _watch = PeerWatch(peer_timeout)
+        _watch.start()
 
 
 def _env_int(name: str) -> int | None:
@@ -101,6 +125,110 @@ def sync(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+# ----------------------------------------------------------------------------- a dead process
+
+_BEATS = "theseus/heartbeat/"  # + process index: a counter, or FAILED and why
+_FAILED = "failed: "
+
+
+class PeerWatch(threading.Thread):
+    """Ends the job, with one line and exit 1, when one of its processes dies.
+
+    A dead process leaves the others waiting in a collective it will never join. So every
+    process counts a heartbeat into JAX's key-value store from this thread (a step blocked
+    in a collective does not stop it), and process 0 reads them all: one that has not
+    changed for `timeout` seconds, or that says its process failed (`ends_together`),
+    stops process 0 at once (exit 1, one line naming the process). The other processes need
+    no watch: process 0 hosts JAX's coordination service, and when it ends JAX's runtime
+    ends them within a second (with its own message). The run folder then holds the last
+    complete checkpoint, and running every process again resumes from it.
+    """
+
+    def __init__(self, timeout: int) -> None:
+        super().__init__(name="theseus-peer-watch", daemon=True)
+        import jax
+        from jax._src import distributed  # the joined job's client (as jax.experimental.multihost_utils uses it)
+
+        self.client, self.timeout = distributed.global_state.client, timeout
+        self.me, self.count = jax.process_index(), jax.process_count()
+        self.interval = min(max(timeout / 5, 0.2), 10.0)
+        self.beat = f"{_BEATS}{self.me}" if self.me else None  # process 0 reads the others' beats
+
+    def run(self) -> None:
+        heard: dict[str, tuple[str | None, float]] = {}  # a process's key -> its last beat, when it changed
+        for count in itertools.count():
+            try:
+                if self.beat:
+                    self.client.key_value_set(self.beat, str(count), allow_overwrite=True)
+                else:
+                    self.check(dict(self.client.key_value_dir_get(_BEATS)), heard)
+            except Exception:  # the store is gone or busy: JAX's own heartbeat, set longer, stays the backstop
+                pass
+            time.sleep(self.interval)
+
+    def check(self, beats: dict[str, str], heard: dict[str, tuple[str | None, float]]) -> None:
+        """Process 0: stop when a process says it failed, or has been silent for `timeout`."""
+        now = time.monotonic()
+        for process in range(1, self.count):
+            key = f"{_BEATS}{process}"
+            beat = beats.get(key)
+            if beat is not None and beat.startswith(_FAILED):
+                self.stop(f"process {process} of the multi-host job failed ({beat[len(_FAILED) :]})")
+            if key not in heard or heard[key][0] != beat:
+                heard[key] = (beat, now)
+            elif now - heard[key][1] > self.timeout:
+                self.stop(
+                    f"process {process} of the multi-host job has not answered for {self.timeout} s "
+                    "(topology/peer_timeout): it died or its host is unreachable"
+                )
+
+    def stop(self, why: str) -> None:
+        _leave(1, f"theseus: {why}; stopping. Run all {self.count} processes again to resume from the last checkpoint")
+
+    def failed(self, error: BaseException) -> None:
+        """This process fails: tell process 0, and leave without JAX's shutdown barrier.
+
+        A runtime error from XLA may be a collective that failed because another process
+        died (Gloo: "connection reset by peer"): then the watch's verdict comes first, so
+        wait for it (process 0 stops the job, and JAX's runtime the others) before taking
+        the error as this process's own.
+        """
+        import jax
+
+        if isinstance(error, jax.errors.JaxRuntimeError):
+            time.sleep(self.timeout + 2 * self.interval)
+        why = (str(error).splitlines() or [type(error).__name__])[0]
+        if self.beat:
+            with contextlib.suppress(Exception):
+                self.client.key_value_set(self.beat, _FAILED + why, allow_overwrite=True)
+        code = getattr(error, "exit_code", 130 if isinstance(error, KeyboardInterrupt) else 1)
+        atexit.register(_leave, code if isinstance(code, int) else 1)  # runs before JAX's own exit handler
+
+
+def _leave(code: int, line: str = "") -> None:
+    """End this process now: a collective or JAX's shutdown barrier would wait for the
+    dead (or failed) process forever."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    if line:
+        os.write(2, (line + "\n").encode())
+    os._exit(code)
+
+
+@contextlib.contextmanager
+def ends_together() -> Iterator[None]:
+    """Around a job: if it fails in this process (an error, a full disk, a stop), the other
+    processes of a multi-host job stop too, rather than wait for it in a collective; this
+    process ends once its own error is reported, without waiting for them."""
+    try:
+        yield
+    except BaseException as error:
+        if _watch is not None:
+            _watch.failed(error)
+        raise
 
 
 # ----------------------------------------------------------------------------- data

@@ -23,7 +23,7 @@ except ImportError:  # Windows: run folders are not locked
     fcntl = None
 
 from theseus.base import backend
-from theseus.base.multihost import is_primary
+from theseus.base.multihost import ends_together, is_primary
 from theseus.config import (
     ConfigError,
     Field,
@@ -256,14 +256,15 @@ def launch(
     cls = job_class(key)
     backend.Backend(backend=values.get(backend.KEY))  # the config's backend is the one Keras runs
     run_dir = Path(out_dir) / name
-    job = cls(dict(values), run_dir)  # constructing validates what the config alone cannot
-    if not fresh:
-        check_run_dir(run_dir, key, values)  # refused before the lock: a refused run leaves no trace
-    with RunLock(run_dir) as lock:  # one writer per run folder, until the job ends
-        if fresh and lock.holds_a_run():
-            lock.set_aside()
-        prepare_run_dir(run_dir, key, fields, values)
-        result = job.run() or {}
+    with ends_together():  # multi-host: a process that fails here stops the others
+        job = cls(dict(values), run_dir)  # constructing validates what the config alone cannot (and joins)
+        if not fresh:
+            check_run_dir(run_dir, key, values)  # refused before the lock: a refused run leaves no trace
+        with RunLock(run_dir) as lock:  # one writer per run folder, until the job ends
+            if fresh and lock.holds_a_run():
+                lock.set_aside()
+            prepare_run_dir(run_dir, key, fields, values)
+            result = job.run() or {}
     contents = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir() if p.name != LOCK_FILE)
     print(f"run folder: {run_dir} ({', '.join(contents)})", flush=True)
     return result
