@@ -1,4 +1,7 @@
 import dataclasses
+import errno
+import subprocess
+import sys
 from typing import Literal
 
 import pytest
@@ -150,3 +153,22 @@ def test_build_passes_fields_by_attribute():
     assert (model.width, model.tokens) == (32, 1000)
     training = build(Training, values)
     assert training.model_id == "m" and training.tokens == 1000
+
+
+def test_a_write_that_fails_leaves_neither_the_file_nor_its_temporary_copy(tmp_path):
+    """`write_atomic` under a 10-byte file-size limit (a subprocess: the limit is per process)."""
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (10, 10))\n"
+        "from theseus.config import write_atomic\n"
+        "try:\n"
+        "    write_atomic(sys.argv[1], 'x' * 100)\n"
+        "except OSError as error:\n"
+        "    print(error.errno)\n"
+    )
+    (tmp_path / "kept.yaml").write_text("before\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "kept.yaml")], capture_output=True, text=True)
+    assert done.stdout.strip() == str(errno.EFBIG), done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.yaml"]
+    assert (tmp_path / "kept.yaml").read_text() == "before\n"

@@ -489,7 +489,13 @@ def write_atomic(path: str | os.PathLike, text: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = "wb" if isinstance(text, bytes) else "w"
     with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(text)
-        tmp.flush()
-        os.fsync(tmp.fileno())
+        try:
+            tmp.write(text)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        except BaseException:  # a full disk, say: no temporary file left behind either
+            with contextlib.suppress(OSError):
+                tmp.close()  # flushes what is left, and fails again
+            os.unlink(tmp.name)
+            raise
     os.replace(tmp.name, path)

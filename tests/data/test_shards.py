@@ -134,6 +134,14 @@ def test_a_shard_altered_after_it_was_written_is_one_error_naming_it(tmp_path, c
     ), lines
 
 
+def test_a_damaged_shard_is_refused_before_a_job_writes_anything(tmp_path):
+    folder = make_folder(tmp_path)
+    shard = folder / "validation" / "00000.bin"
+    shard.write_bytes(bytes(reversed(shard.read_bytes())))  # same size, other bytes
+    with pytest.raises(ConfigError, match="00000.bin is damaged: its SHA-256"):
+        DataConfig(source=str(folder)).check_sources()  # what every job's constructor calls
+
+
 def test_checksums_are_verified_once_per_file_version(tmp_path, monkeypatch):
     folder = make_folder(tmp_path)
     calls = hashed(monkeypatch)

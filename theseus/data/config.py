@@ -90,10 +90,13 @@ class DataConfig(SourceConfig):
         return entries
 
     def check_sources(self) -> None:
-        """A ConfigError now for a source that cannot be read (missing, empty, a bad mixture
-        entry), before a job writes anything; token-shard folders are checked as they open."""
+        """A ConfigError now for a source that cannot be read (missing, empty, a damaged token
+        shard, a bad mixture entry), before a job writes anything. (A shard's checksum is
+        computed here once and cached: opening the shards later checks only their sizes.)"""
         for source, _ in self.entries():
-            if not is_shard_folder(source):
+            if is_shard_folder(source):
+                TokenShards(source).verify()
+            else:
                 self.reader(source).check()
 
 
