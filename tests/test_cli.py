@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -147,3 +149,35 @@ def test_a_changed_config_does_not_resume_an_existing_run(theseus_cli, tmp_path)
     assert result.returncode == 2
     assert "already holds a run with a different config (architecture/n_embd)" in result.stderr
     assert snapshot(tmp_path) == before
+
+
+QUIET = [
+    *TINY[:5],
+    "training.tokens=512",
+    "logging.validation_batches=1",
+    "logging.progress_bar=false",
+    "logging.plot=false",
+]
+"""The default job, two steps of 8 x 32 tokens, on the 8 devices tests/conftest.py makes."""
+
+
+@pytest.mark.slow
+def test_the_default_job_starts_quietly_and_names_its_mesh(tmp_path):
+    """No framework's start-up lines on stderr (TensorFlow's, imported by Keras on JAX too, print
+    "Could not find cuda drivers" twice here), with the environment a user has (no TF_CPP_MIN_LOG_LEVEL)."""
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    command = [sys.executable, "-m", "theseus.recipes", "gpt/train/pretrain", "--out", str(tmp_path)]
+    command += [f"--{item}" for item in QUIET]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == ""
+    assert "(256 tokens each) on jax, 8 devices: batch 8, dp\n" in result.stdout
+
+
+@pytest.mark.slow
+def test_verbose_is_accepted_and_the_start_line_names_a_tensor_parallel_mesh(theseus_cli, tmp_path):
+    config = tmp_path / "gpt.yaml"
+    tp = ["topology.strategy=tp", "topology.shard=4"]
+    theseus_cli("--verbose", "configure", "gpt/train/pretrain", config, *QUIET, *tp, check=True)
+    result = theseus_cli("--verbose", "run", "dev", config, tmp_path / "runs", check=True)
+    assert "(256 tokens each) on jax, 8 devices: batch 2 × shard 4, tp\n" in result.stdout

@@ -5,11 +5,13 @@ import keras
 import numpy as np
 import pytest
 from hf_checkpoints import FAMILIES, hf_model
+from hf_checkpoints import tokenizer as bpe_tokenizer
 from keras import ops
 from support import run_command
 
 from theseus.config import ConfigError
-from theseus.generation import Generator, choose_tokens
+from theseus.data import ByteTokenizer
+from theseus.generation import Generator, choose_tokens, stream_text
 from theseus.model.huggingface import HFCompat
 from theseus.model.models import GPT
 
@@ -123,8 +125,49 @@ def test_bad_settings_are_one_clear_error(settings, message):
     generator = Generator(tiny_gpt())
     with pytest.raises(ConfigError, match=message):
         generator(PROMPTS, **{"max_new_tokens": 4, **settings})
+    with pytest.raises(ConfigError, match=message):  # when asked, before the first token is
+        generator.stream(PROMPTS[0], **{"max_new_tokens": 4, **settings})
     with pytest.raises(ConfigError, match="vocabulary"):
         generator([[1, 99]], 4)
+
+
+def test_streamed_tokens_are_the_tokens_generated_at_once():
+    """`stream` yields, one at a time, what `__call__` returns for the prompt: greedy (also
+    in a padded batch), sampled with the same seed, and up to a stop token."""
+    generator = Generator(tiny_gpt(position="rope"))
+    prompts = PROMPTS[:2]  # one padded width: few shapes to compile
+    assert [list(generator.stream(prompt, 12)) for prompt in prompts] == generator(prompts, 12).tokens
+    sampled = dict(temperature=0.9, top_k=20, top_p=0.95, seed=7)
+    alone = generator([prompts[1]], 12, **sampled).tokens[0]
+    assert list(generator.stream(prompts[1], 12, **sampled)) == alone
+    stop = alone[3]
+    assert list(generator.stream(prompts[1], 12, stop_token_ids=[stop], **sampled)) == alone[: alone.index(stop) + 1]
+
+
+def test_streamed_text_is_the_decoded_text_piece_by_piece():
+    """Tokens split in the middle of UTF-8 characters (bytes, byte-level BPE) print only once
+    the character is whole, and a space a tokenizer's clean-up drops is never printed."""
+    text = "héllo 😀 wörld, the quick fox . ok"
+    byte, bpe = ByteTokenizer(), bpe_tokenizer()
+    bpe_ids = bpe(text, add_special_tokens=False)["input_ids"]
+    cases = [
+        (byte.encode(text).tolist(), byte.decode),
+        (bpe_ids, bpe.decode),
+        (bpe_ids, lambda ids: bpe.clean_up_tokenization(bpe.decode(ids))),  # "fox ." -> "fox." (as WordPiece)
+    ]
+    for ids, decode in cases:
+        pieces = list(stream_text(ids, decode))
+        assert "".join(pieces) == decode(ids)
+        assert len(pieces) > 10 and not any("\ufffd" in piece for piece in pieces)
+    assert cases[2][1](bpe_ids).endswith("fox. ok")
+    consumed = []
+
+    def tokens():
+        for token in bpe_ids:
+            consumed.append(token)
+            yield token
+
+    assert next(stream_text(tokens(), bpe.decode)) == "h" and len(consumed) == 1  # printed as it comes
 
 
 CROSS_BACKEND = """

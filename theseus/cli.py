@@ -6,11 +6,13 @@
     theseus plot RUN_DIR
     theseus cooldown RUN_DIR --from STEP_OR_TOKENS [--fraction 0.2] [--shape 1-sqrt] [--name NAME]
     theseus sweep-cooldowns RUN_DIR --every N [--fraction 0.2] [--shape 1-sqrt]
-    theseus generate SOURCE --prompt TEXT [--prompts-file FILE] [--temperature T --top-k K --top-p P --seed S]
+    theseus generate SOURCE --prompt TEXT [--prompts-file FILE] [--chat] [--temperature T --top-k K --top-p P --seed S]
 
 Bad input (an unknown job or key, a wrong type, an unset `???`, a missing file) is one
 line on stderr and exit code 2; nothing is created or overwritten. A run that stops early
 says why on one line: a NaN loss exits 1, SIGTERM 143 and SIGINT 130 (after a checkpoint).
+Before the command: `--backend NAME`, and `--verbose` to let the frameworks' start-up lines
+(TensorFlow's C++ logging, JAX's backend search) through to stderr; they are kept off it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import theseus  # noqa: F401  (sets the default Keras backend before Keras loads
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="theseus", description="Train language models with Keras 3.")
     parser.add_argument("--backend", choices=["jax", "tensorflow", "torch"], help="Keras backend (default: jax)")
+    parser.add_argument("--verbose", action="store_true", help="let the frameworks' start-up lines through to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("jobs", help="list the registered jobs")
     configure = sub.add_parser("configure", help="write a job's full config as YAML")
@@ -52,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     cooldown.add_argument("--steps", type=int, help="decay length in steps (instead of --fraction)")
     cooldown.add_argument("--shape", default="1-sqrt", help="linear, cosine or 1-sqrt")
-    cooldown.add_argument("--name", help="the branch's folder, beside RUN_DIR (default: RUN-cooldown-STEP)")
+    cooldown.add_argument(
+        "--name", help="the branch's folder, beside RUN_DIR (default: RUN-cooldown-STEP-dDECAY-SHAPE)"
+    )
     cooldown.add_argument("overrides", nargs="*", help="key=value for the branch (e.g. logging.log_interval=1)")
     sweep = sub.add_parser(
         "sweep-cooldowns", help="cool down from every N-th stable checkpoint; table + PNG of val loss vs tokens"
@@ -63,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--shape", default="1-sqrt")
     sweep.add_argument("overrides", nargs="*", help="key=value for every branch")
     generate = sub.add_parser(
-        "generate", help="print completions from a run, RUN/checkpoints/step_N or a Hugging Face folder"
+        "generate",
+        help="print completions from a run, RUN/checkpoints/step_N or a Hugging Face folder (one prompt streams)",
     )
     generate.add_argument("source")
     generate.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
@@ -74,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--batch-size", type=int, default=8)
+    generate.add_argument(
+        "--chat", action="store_true", help="render each prompt as a user turn with the tokenizer's chat template"
+    )
     return parser
 
 
@@ -94,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         run_config = args.config if args.command == "run" else None
         if args.command in ("cooldown", "sweep-cooldowns"):  # a branch runs on its parent's backend
             run_config = str(Path(args.run_dir) / "config.yaml")
-        backend.select(backend.chosen(args.backend, args.overrides, run_config))  # before Keras is imported
+        backend.select(backend.chosen(args.backend, args.overrides, run_config), args.verbose)  # before Keras loads
         return _dispatch(args)
     except Exception as error:
         from theseus.config import exit_status
@@ -122,14 +131,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"wrote {out}" + (f"; set before running: {', '.join(missing)}" if missing else ""))
         return 0
     if args.command == "generate":
-        from theseus.experiments.completions import complete, read_prompts
+        from theseus.experiments.completions import print_completions, read_prompts
 
         prompts = read_prompts(args.prompt, args.prompts_file)
         settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-        for prompt, text in zip(
-            prompts, complete(args.source, prompts, args.max_new_tokens, args.batch_size, **settings)
-        ):
-            print(f"{prompt}{text}\n{'-' * 40}", flush=True)
+        print_completions(args.source, prompts, args.max_new_tokens, args.batch_size, chat=args.chat, **settings)
         return 0
     if args.command == "cooldown":
         from theseus.experiments.cooldown import cooldown

@@ -11,6 +11,8 @@ model in one call (prefill), then picks one token per step inside one compiled
 row has produced a stop token or `max_new_tokens`. Each row's positions count only its real
 tokens and the attention mask hides its padding (`theseus.model.layers.attention`'s
 `cache_positions` and `cache_attention_mask`), so a row generates what it would alone.
+`Generator.stream` runs the same prefill and steps for one prompt as one compiled call per
+token, yielding each as it is chosen; `stream_text` turns those tokens into printable text.
 
 Sampling noise is a counter-based hash of `(seed, row, step, token)` in `keras.ops`
 integer arithmetic rather than `keras.random`: a compiled loop needs a fresh stateless seed
@@ -21,7 +23,8 @@ backend and for any batch size.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -253,13 +256,11 @@ class Generator:
 
         def generate(prompt, prompt_mask, temperature, top_p, seed, row_offset, stop):
             batch, length = ops.shape(prompt)[0], ops.shape(prompt)[1]
-            padding = ops.concatenate([prompt_mask, ops.ones((batch, max_new), "bool")], axis=1)  # (B, S)
-            cache = model.init_cache(batch, length + max_new)
-            logits, cache = model.call_with_cache(prompt, cache, 0, padding)
+            logits, cache, padding = self._prefill(prompt, prompt_mask, max_new)
             rows = ops.arange(batch, dtype="int32") + row_offset
             state = (
                 ops.convert_to_tensor(0, "int32"),
-                logits[:, -1],  # (B, V): the distribution of the first new token
+                logits,  # (B, V): the distribution of the first new token
                 ops.full((batch, max_new), pad_id, "int32"),
                 ops.zeros((batch,), "bool"),
                 cache,
@@ -279,13 +280,96 @@ class Generator:
                 if with_scores:
                     scores = (ops.slice_update(scores[0], [0, step, 0], logits[:, None, :]),)
                 done = ops.logical_or(done, ops.any(token[:, None] == stop[None, :], axis=1))
-                logits, cache = model.call_with_cache(token[:, None], cache, length + step, padding)
-                return (step + 1, logits[:, 0], tokens, done, cache, *scores)
+                logits, cache = self._advance(token, cache, length + step, padding)
+                return (step + 1, logits, tokens, done, cache, *scores)
 
             final = ops.while_loop(cond, body, state, maximum_iterations=max_new)
             return (final[2], final[5]) if with_scores else (final[2],)
 
         return generate
+
+    def _prefill(self, prompt, prompt_mask, max_new: int):
+        """The prompts (B, T) into a fresh cache with room for `max_new` more tokens: the
+        logits of the first new token (B, V), the cache, and the padding mask (B, T + max_new)."""
+        batch, length = ops.shape(prompt)[0], ops.shape(prompt)[1]
+        padding = ops.concatenate([prompt_mask, ops.ones((batch, max_new), "bool")], axis=1)
+        cache = self.model.init_cache(batch, length + max_new)
+        logits, cache = self.model.call_with_cache(prompt, cache, 0, padding)
+        return logits[:, -1], cache, padding
+
+    def _advance(self, token, cache, index, padding):
+        """The chosen tokens (B,) into cache slot `index`: the next logits (B, V) and the cache."""
+        logits, cache = self.model.call_with_cache(token[:, None], cache, index, padding)
+        return logits[:, 0], cache
+
+    def stream(
+        self, prompt: Sequence[int], max_new_tokens: int = 32, *, stop_token_ids: Sequence[int] = (), **sampling: Any
+    ) -> Iterator[int]:
+        """The new tokens of one prompt, yielded one at a time as each is chosen.
+
+        They are the tokens `self([prompt], ...)` returns with the same `sampling` settings
+        (`temperature`, `top_k`, `top_p`, `seed`, as there: the same seed draws the same
+        samples), up to and including the first stop token. Each token is one compiled call
+        (after one for the prompt), the cache staying on the device between calls. Bad
+        settings are refused here, before the first token is asked for.
+        """
+        return self._stream([int(t) for t in prompt], max_new_tokens, stop_token_ids, **sampling)
+
+    def _stream(self, prompt, max_new_tokens, stop_token_ids, temperature=0.0, top_k=0, top_p=1.0, seed=0):
+        self._check([prompt], max_new_tokens, temperature, top_k, top_p)
+        greedy = temperature == 0
+        key = ("stream", max_new_tokens, greedy, 0 if greedy else top_k, not greedy and top_p < 1.0)
+        if key not in self._compiled:
+            self._compiled[key] = self._stream_functions(max_new_tokens, *key[2:])
+        settings = (np.float32(max(temperature, 1e-6)), np.float32(top_p), np.int32(seed))
+        return self._steps(prompt, max_new_tokens, *self._compiled[key], settings, stop_token_ids)
+
+    def _stream_functions(self, max_new: int, greedy: bool, top_k: int, use_top_p: bool) -> tuple[Callable, Callable]:
+        """Compiled prefill (prompt -> logits, cache, padding) and step (-> token, logits, cache)."""
+
+        def prefill(prompt, prompt_mask):
+            return self._prefill(prompt, prompt_mask, max_new)
+
+        def next_token(logits, cache, padding, index, step, temperature, top_p, seed):
+            rows = ops.zeros((1,), "int32")  # row 0, as `__call__` numbers a single prompt
+            token = choose_tokens(logits, seed, rows, step, temperature, top_k, top_p if use_top_p else None, greedy)
+            return (token, *self._advance(token, cache, index, padding))
+
+        return compile_for_backend(self.model, prefill), compile_for_backend(self.model, next_token)
+
+    def _steps(self, prompt, max_new, prefill, next_token, settings, stop_token_ids) -> Iterator[int]:
+        stop = {int(t) for t in stop_token_ids}
+        ids, mask = self._left_pad([prompt])
+        logits, cache, padding = prefill(ids, mask)
+        for step in range(max_new):
+            index = np.int32(ids.shape[1] + step)  # the cache slot the chosen token goes into
+            token, logits, cache = next_token(logits, cache, padding, index, np.int32(step), *settings)
+            token = int(ops.convert_to_numpy(token)[0])
+            yield token
+            if token in stop:
+                return
+
+
+def stream_text(tokens: Iterable[int], decode: Callable[[list[int]], str]) -> Iterator[str]:
+    """The text of `tokens` in pieces, each as soon as it is safe to print, joining to
+    `decode(all tokens)` (decoding the tokens so far, as `transformers`' `TextStreamer` does).
+
+    After each token the whole list is decoded again and only the new end is yielded, less
+    what may still change: a byte-level BPE or byte token can hold part of a UTF-8 character
+    (decoded as U+FFFD until the token that completes it), and a tokenizer that cleans up
+    spaces (`" ."` -> `"."`) may drop a trailing space; both wait for the next token.
+    """
+    ids: list[int] = []
+    printed = text = ""
+    for token in tokens:
+        ids.append(int(token))
+        text = decode(ids)
+        ready = text.rstrip(" \ufffd")
+        if len(ready) > len(printed) and ready.startswith(printed):
+            yield ready[len(printed) :]
+            printed = ready
+    if len(text) > len(printed) and text.startswith(printed):  # what was held back, at the end
+        yield text[len(printed) :]
 
 
 def _length_until_stop(tokens: np.ndarray, stop: np.ndarray) -> int:

@@ -2,6 +2,12 @@
 clear error when it is too late or the backend is missing. (The backends themselves
 run in tests/backends.)"""
 
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+
 import keras
 import pytest
 
@@ -46,3 +52,29 @@ def test_keras_runs_the_backend_the_environment_names():
     import os
 
     assert keras.backend.backend() == os.environ["KERAS_BACKEND"]
+
+
+START = """
+import logging, sys
+from theseus.base import backend
+backend.select(None, verbose=sys.argv[1] == "verbose")
+import tensorflow
+print(tensorflow.constant(2).numpy() * 21, logging.getLogger("jax._src.xla_bridge").getEffectiveLevel())
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="needs TensorFlow, whose start-up logs")
+def test_start_up_lines_are_kept_off_stderr_unless_verbose():
+    """TensorFlow (Keras imports it on every backend) writes its C++ start-up lines to stderr on import;
+    `select` keeps them off, unless verbose; TensorFlow still works, and JAX logs its backend search
+    only at ERROR."""
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    quiet, verbose = (
+        subprocess.run([sys.executable, "-c", START, mode], env=env, capture_output=True, text=True, timeout=300)
+        for mode in ("quiet", "verbose")
+    )
+    assert quiet.returncode == 0 and verbose.returncode == 0, quiet.stderr + verbose.stderr
+    assert (quiet.stdout, verbose.stdout) == (f"42 {logging.ERROR}\n", f"42 {logging.WARNING}\n")
+    assert quiet.stderr == ""
+    if not verbose.stderr:
+        pytest.skip("this TensorFlow prints no start-up lines here, so there are none to keep off")

@@ -1,6 +1,8 @@
+import keras
 import numpy as np
 import pytest
 
+from theseus.base.targets import IGNORE_INDEX
 from theseus.data import PackedWindows, TokenWindows, ValidationWindows, split_tokens
 from theseus.data.loader import mixture_counts, mixture_items
 
@@ -109,10 +111,63 @@ def test_prefetching_changes_nothing_and_runs_ahead():
     assert sorted(ahead._prefetcher.pending) == [1, 2, 3]
 
 
-def test_validation_windows_are_fixed_full_batches():
-    val = ValidationWindows(np.arange(17 * 10), 16, 4, max_batches=5)
-    assert len(val) == 2
+def test_validation_windows_are_fixed_batches_the_last_one_padded():
+    val = ValidationWindows(np.arange(17 * 10), 16, 4, max_batches=5)  # 10 windows: 4 + 4 + 2
+    assert len(val) == 3
     np.testing.assert_array_equal(val[0][0][:, 0], [0, 17, 34, 51])
+    inputs, targets, weight = val[2]
+    assert inputs.shape == targets.shape == weight.shape == (4, 16)
+    np.testing.assert_array_equal(inputs[:2, 0], [136, 153])
+    assert (targets[2:] == IGNORE_INDEX).all() and (targets[:2] != IGNORE_INDEX).all()
+    assert len(ValidationWindows(np.arange(17 * 10), 16, 4, max_batches=2)) == 2  # a cap keeps full batches
+    with pytest.raises(ValueError, match="do not divide"):
+        ValidationWindows(np.arange(17 * 10), 16, 4, parts=3)
+
+
+class MaskedRows:
+    """Rows whose targets are partly `IGNORE_INDEX`, as chats' prompts and padding are."""
+
+    def __init__(self, n, block_size, vocab, seed=0):
+        rng = np.random.default_rng(seed)
+        self.inputs = rng.integers(0, vocab, (n, block_size)).astype(np.int32)
+        self.targets = rng.integers(0, vocab, (n, block_size)).astype(np.int32)
+        self.targets[rng.random((n, block_size)) < 0.4] = IGNORE_INDEX
+
+    def __len__(self):
+        return len(self.inputs)
+
+    def examples(self, ids):
+        return self.inputs[ids], self.targets[ids]
+
+
+def direct_loss(model, inputs, targets):
+    """The mean cross-entropy over every counted target, in float64 numpy, window by window."""
+    logits = np.concatenate([keras.ops.convert_to_numpy(model(inputs[i : i + 1])) for i in range(len(inputs))])
+    logits = logits.astype("float64")
+    top = logits.max(-1, keepdims=True)
+    logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+    counted = targets != IGNORE_INDEX
+    picked = np.take_along_axis(logp, np.where(counted, targets, 0)[..., None], -1)[..., 0]
+    return -picked[counted].mean()
+
+
+def test_validation_loss_is_the_mean_over_real_targets_with_a_partial_last_batch():
+    from theseus.model.models import GPT
+    from theseus.training.accumulation import MicroBatches
+
+    keras.utils.set_random_seed(0)
+    model = GPT(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=32)
+    model.compile()
+    tokens = np.random.default_rng(0).integers(0, 50, 17 * 11)  # 11 windows: batches of 4, 4 and 3 + padding
+    x, y = PackedWindows(tokens, 16).examples(np.arange(11))
+    rows = MaskedRows(11, 16, 50)
+    for source, (inputs, targets) in [(tokens, (x, y)), (rows, (rows.inputs, rows.targets))]:
+        expected = direct_loss(model, inputs, targets)
+        whole = ValidationWindows(source, 16, 4)
+        assert len(whole) == 3
+        assert model.evaluate(whole, verbose=0, return_dict=True)["loss"] == pytest.approx(expected, rel=2e-6)
+        micro = MicroBatches(ValidationWindows(source, 16, 4, parts=2), 2)  # gradient accumulation's halves
+        assert model.evaluate(micro, verbose=0, return_dict=True)["loss"] == pytest.approx(expected, rel=2e-6)
 
 
 def test_mixture_validation_reads_each_window_at_most_once_in_proportion():
@@ -123,8 +178,8 @@ def test_mixture_validation_reads_each_window_at_most_once_in_proportion():
     assert len(val) == 8  # source b's 10 windows run out after 40 rows
     assert np.sum(firsts >= 10_000) == 10 and np.sum(firsts < 10_000) == 30
     np.testing.assert_array_equal(val[3][0], ValidationWindows([a, b], 16, 5, weights=[0.75, 0.25])[3][0])
-    with pytest.raises(ValueError, match="make no full batch of 64"):
-        ValidationWindows([a, b], 16, 64, weights=[0.75, 0.25])
+    ((inputs, targets, _),) = ValidationWindows([a, b], 16, 64, weights=[0.75, 0.25])  # 40 rows, then padding
+    assert np.sum(inputs[:40, 0] >= 10_000) == 10 and (targets[40:] == IGNORE_INDEX).all()
 
 
 def test_a_source_without_validation_windows_is_left_out_of_validation():
@@ -132,5 +187,5 @@ def test_a_source_without_validation_windows_is_left_out_of_validation():
     val = ValidationWindows([a, empty], 16, 4, weights=[0.7, 0.3])
     assert len(val) == 2 and val.weights == [0.7]
     np.testing.assert_array_equal(val[1][0], ValidationWindows(a, 16, 4)[1][0])
-    with pytest.raises(ValueError, match=r"\[0\] validation windows"):
+    with pytest.raises(ValueError, match=r"\[0\] validation windows of 17 tokens: nothing to validate on"):
         ValidationWindows([empty], 16, 4, weights=[1.0])

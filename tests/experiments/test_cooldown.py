@@ -6,13 +6,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from theseus.config import ConfigError
 from theseus.experiments import runs
-from theseus.experiments.cooldown import cooldown, parse_point, sweep
+from theseus.experiments.cooldown import branch_name, cooldown, parse_point, sweep
 from theseus.training import checkpoint as ckpt
 
 PARENT = {
@@ -91,7 +92,7 @@ def test_branching_outside_the_stable_phase_lists_the_points(parent):
         cooldown(parent, 35)
     with pytest.raises(ConfigError, match=r"there is no checkpoint at step 7.*5, 10, 15"):
         cooldown(parent, 7)
-    assert not (parent.parent / "parent-cooldown-35").exists()
+    assert not list(parent.parent.glob("parent-cooldown-35*"))
 
 
 @pytest.mark.slow
@@ -155,3 +156,18 @@ def test_sweep_writes_a_falling_scaling_curve(parent):
     table = (parent / "sweep.md").read_text()
     assert table.count("\n") == 2 + len(result)
     assert "| 20 |" in table
+
+
+@pytest.mark.slow
+def test_a_hand_made_branch_and_a_sweep_live_side_by_side(parent):
+    assert branch_name("RUN", 40, 10, "linear") == "RUN-cooldown-40-d10-linear"
+    hand = cooldown(parent, "30", fraction=0.25)  # theseus cooldown RUN --from 30 --fraction 0.25
+    swept = sweep(parent, every=3)  # then theseus sweep-cooldowns RUN (--fraction 0.2): branches at 15 and 30
+    assert Path(hand["run_dir"]).name == "parent-cooldown-30-d8-1-sqrt"
+    assert [Path(r["run_dir"]).name for r in swept] == ["parent-cooldown-15-d3-1-sqrt", "parent-cooldown-30-d6-1-sqrt"]
+    both = sorted(parent.parent.glob("parent-cooldown-30-*"))
+    assert [b.name for b in both] == ["parent-cooldown-30-d6-1-sqrt", "parent-cooldown-30-d8-1-sqrt"]
+    assert [json.loads((b / "branch.json").read_text())["decay_steps"] for b in both] == [6, 8]
+    assert all(ckpt.latest(b / "checkpoints").step == 30 + d for b, d in zip(both, [6, 8]))
+    again = cooldown(parent, "30", steps=8)  # the same branch asked for again (here by length) resumes its folder
+    assert again["run_dir"] == hand["run_dir"] and again["start_step"] == again["total_steps"] == 38

@@ -64,6 +64,7 @@ SPECIFIC: dict[str, list] = {
 ZERO_IS_VALID = {
     "training/seed",
     "logging/keep_checkpoints",
+    "logging/keep_every",
     "topology/devices",
     "finetune/train_last_blocks",
     "tokenize/workers",

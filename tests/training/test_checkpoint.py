@@ -55,6 +55,59 @@ def test_keeps_the_newest_and_the_best(tmp_path):
     assert not list(root.glob(".tmp_*"))
 
 
+def test_multiples_of_keep_every_outlive_the_pruning(tmp_path):
+    model = tiny_model()
+    root = tmp_path / "checkpoints"
+    for step in range(1, 11):
+        ckpt.save(root, model, {"step": step}, keep=2, keep_every=4)
+    assert [c.step for c in ckpt.complete(root)] == [4, 8, 9, 10]
+
+
+def test_keep_every_is_automatic_for_wsd_only():
+    from theseus.training.accumulation import PerOptimizerStep
+    from theseus.training.schedules import WSD, Cosine
+
+    wsd = WSD(1e-3, 1000, warmup=10, decay=200)  # a stable phase of 790 steps: 10 points at most
+    assert ckpt.automatic_keep_every(wsd, 20) == 80 and 790 // 80 == 9
+    assert ckpt.automatic_keep_every(PerOptimizerStep(wsd, 4), 20) == 80
+    assert ckpt.automatic_keep_every(WSD(1e-3, 100, warmup=0, decay=20), 50) == 50  # never below the interval
+    assert ckpt.automatic_keep_every(Cosine(1e-3, 1000), 20) == 0
+
+
+KEEP = {
+    "architecture/n_layer": 1,
+    "architecture/n_embd": 32,
+    "architecture/n_head": 2,
+    "architecture/block_size": 16,
+    "training/batch_size": 2,
+    "training/tokens": 2 * 16 * 20,
+    "optimization/warmup": 2,
+    "optimization/decay": 4,
+    "logging/checkpoint_interval": 1,
+    "logging/validation_interval": 100,  # validated at the end only: the best checkpoint is the last
+    "logging/validation_batches": 1,
+    "logging/progress_bar": False,
+    "logging/peak_flops": 1e12,
+    "logging/plot": False,
+    "topology/devices": 1,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "schedule, kept",
+    [("wsd", [2, 4, 6, 8, 10, 12, 14, 16, 18, 19, 20]), ("cosine", [18, 19, 20])],
+)
+def test_a_wsd_run_keeps_checkpoints_through_its_stable_phase(schedule, kept, tmp_path):
+    from theseus.experiments.gpt import PretrainGPT
+
+    run_dir = tmp_path / "run"  # the default keep_checkpoints: 3 and keep_every: null (automatic)
+    fields, values = runs.configure("gpt/train/pretrain", {**KEEP, "optimization/schedule": schedule}, require=True)
+    runs.prepare_run_dir(run_dir, "gpt/train/pretrain", fields, values)
+    PretrainGPT(values, run_dir).run()  # WSD: a stable phase of 14 steps, so every 2nd checkpoint stays
+    assert [c.step for c in ckpt.complete(run_dir / "checkpoints")] == kept
+
+
 def test_a_stale_temporary_folder_is_cleaned_on_the_next_save(tmp_path):
     root = tmp_path / "checkpoints"
     stale = root / ".tmp_step_00000007_12345"

@@ -4,13 +4,17 @@ Keras picks its backend once, when it is first imported, so the choice has to be
 before that: the CLI and `python -m theseus.recipes` read it from the flags, the overrides
 and the config file first (`chosen`), then `select` it, and only then import the rest
 of theseus. A job built later checks that Keras is running what its config asks for.
+`select` also keeps the frameworks' start-up lines off stderr (`quiet`) unless `--verbose`.
 This module must not import Keras.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.abc
 import importlib.util
+import logging
 import os
 import sys
 from typing import Any
@@ -51,33 +55,58 @@ def chosen(flag: str | None, overrides: dict[str, Any], config_path: str | None 
     return None
 
 
-def select(name: str | None) -> None:
-    """Make `name` Keras's backend (None: keep `KERAS_BACKEND`, or jax); call before Keras loads."""
+def select(name: str | None, verbose: bool = False) -> None:
+    """Make `name` Keras's backend (None: keep `KERAS_BACKEND`, or jax), and keep the backends'
+    start-up lines off stderr unless `verbose` (`quiet`); call before Keras loads."""
     if name is not None:
         check(name)  # a known, installed backend, and not too late to pick it
         os.environ["KERAS_BACKEND"] = name
-    if os.environ.get("KERAS_BACKEND") == "tensorflow":
-        _import_tensorflow_quietly()
+    if not verbose:
+        quiet()
 
 
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow and start its devices with file descriptor 2 closed off.
+def quiet() -> None:
+    """Keep the frameworks' start-up lines off stderr; call before they are imported.
 
-    TensorFlow's C++ start-up writes INFO and ERROR lines (oneDNN, "Could not find cuda
-    drivers", a failed `cuInit` on a machine without a GPU) straight to stderr before absl
-    logging is set up; no environment variable silences them (TF_CPP_MIN_LOG_LEVEL does
-    not, in 2.21). A bad command line must still print one line, so they go to /dev/null.
-    Python's own errors are unaffected: an ImportError still surfaces after the restore.
+    TensorFlow is imported on every backend (Keras seeds it when it is installed), and its
+    C++ start-up writes lines ("Could not find cuda drivers", twice; a failed `cuInit`) to
+    stderr before absl logging is set up, which no environment variable silences (not
+    TF_CPP_MIN_LOG_LEVEL, in 2.21): its import, whenever it comes, runs with file descriptor
+    2 closed off (`_QuietTensorFlow`). JAX logs "Unable to initialize backend ..." and "falling
+    back to cpu" through Python logging. A user's own settings win; Python's errors, theseus's
+    own lines and TensorFlow's later errors still show.
     """
-    if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
-        return
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC under TensorFlow and multi-host JAX
+    jax_start = logging.getLogger("jax._src.xla_bridge")
+    if jax_start.level == logging.NOTSET:
+        jax_start.setLevel(logging.ERROR)
+    if not any(isinstance(finder, _QuietTensorFlow) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlow())
+
+
+class _QuietTensorFlow(importlib.abc.MetaPathFinder):
+    """Finds `tensorflow` as the other finders do, but imports it (and lists its devices, whose
+    start-up logs too) with stderr sent to /dev/null. Other modules pass through untouched."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None) if finder is not self else None
+            spec = find(name, path, target) if find is not None else None
+            if spec is not None and spec.loader is not None:
+                spec.loader.exec_module = functools.partial(_exec_quietly, spec.loader.exec_module)
+                return spec
+        return None
+
+
+def _exec_quietly(exec_module, module) -> None:
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        import tensorflow
-
-        tensorflow.config.list_physical_devices()
+        exec_module(module)
+        module.config.list_physical_devices()
     finally:
         os.dup2(saved, 2)
         os.close(saved)

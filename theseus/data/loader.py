@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import keras
 import numpy as np
 
+from theseus.base.targets import IGNORE_INDEX
 from theseus.data.permutation import Permutation
 
 
@@ -250,8 +251,17 @@ class _Prefetcher:
 
 
 class ValidationWindows(keras.utils.PyDataset):
-    """The validation windows in order, in full batches (one compiled shape), at most
-    `max_batches` of them: the same fixed set at every evaluation.
+    """The validation windows in order, at most `max_batches` batches of them: the same fixed
+    set at every evaluation. Every batch has `batch_size` rows (one compiled shape): a last
+    partial batch is filled with rows whose targets are all `IGNORE_INDEX`, so they add no loss.
+
+    A batch is `(inputs, targets, sample_weight)`, the weight one number per row (repeated
+    along it, shaped like the targets as every backend's loss wants). Keras's `evaluate`
+    reports the mean of per-batch means (each over that batch's counted targets); the weights,
+    each batch's share of the set's counted targets, make that the mean over every counted
+    target of the set, whatever the padding or the prompt masks. With gradient accumulation a
+    batch is fed as `parts` consecutive micro-batches (set it before the first batch is read):
+    the weights are then per micro-batch.
 
     `tokens` and `weights` are as for `TokenWindows`; a mixture's validation batches hold
     its sources in the mixture's proportions, each source's windows in order (a source
@@ -266,37 +276,62 @@ class ValidationWindows(keras.utils.PyDataset):
         max_batches: int | None = None,
         *,
         weights: Sequence[float] | None = None,
+        parts: int = 1,
     ):
         super().__init__()
         sources, weights = _sources(tokens, block_size, weights)
         kept = [k for k, source in enumerate(sources) if len(source)] or list(range(len(sources)))
         self.sources, self.weights = [sources[k] for k in kept], [weights[k] for k in kept]
-        self.batch_size = batch_size
-        n = _full_batches(self.sources, self.weights, batch_size)
-        if n < 1:
+        self.batch_size, self.block_size, self.parts = batch_size, block_size, parts
+        if batch_size % parts:
+            raise ValueError(f"{parts} micro-batches do not divide a validation batch of {batch_size}")
+        self.rows = _rows(self.sources, self.weights)  # the windows read, each once
+        if self.rows < 1:
             raise ValueError(
-                f"{[len(s) for s in self.sources]} validation windows of {block_size + 1} tokens "
-                f"make no full batch of {batch_size}: hold out more"
+                f"{[len(s) for s in self.sources]} validation windows of {block_size + 1} tokens: "
+                "nothing to validate on, hold out more"
             )
-        self.n_batches = min(n, max_batches) if max_batches else n
+        self.rows = min(self.rows, max_batches * batch_size) if max_batches else self.rows
+        self.n_batches = -(-self.rows // batch_size)
+        self._sample_weight: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.n_batches
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not 0 <= index < self.n_batches:
             raise IndexError(index)
-        rows = index * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
-        source, item = mixture_items(rows, self.weights)
+        if self._sample_weight is None:
+            self._sample_weight = self.sample_weight()
+        inputs, targets = self.examples(index)
+        weight = self._sample_weight[index * self.batch_size : (index + 1) * self.batch_size]
+        return inputs, targets, np.repeat(weight[:, None], targets.shape[1], axis=1)  # (B, T)
+
+    def examples(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch `index`'s `(inputs, targets)`; a padding row is token 0 with `IGNORE_INDEX` targets."""
+        first = index * self.batch_size
+        real = min(self.batch_size, self.rows - first)
+        source, item = mixture_items(first + np.arange(real, dtype=np.int64), self.weights)
         inputs = targets = None
         for k in np.unique(source):
             mine = source == k
             x, y = self.sources[k].examples(item[mine])
             if inputs is None:
-                inputs = np.empty((self.batch_size, x.shape[1]), dtype=np.int32)
-                targets = np.empty_like(inputs)
-            inputs[mine], targets[mine] = x, y
+                inputs = np.zeros((self.batch_size, x.shape[1]), dtype=np.int32)
+                targets = np.full_like(inputs, IGNORE_INDEX)
+            inputs[:real][mine], targets[:real][mine] = x, y
         return inputs, targets
+
+    def sample_weight(self) -> np.ndarray:
+        """Every row's weight, `(len(self) * batch_size,)` float32: each micro-batch's
+        counted targets over the set's, times the number of micro-batches."""
+        if all(isinstance(s, PackedWindows) for s in self.sources):  # every target counts: no need to read them
+            counted = (np.arange(self.n_batches * self.batch_size) < self.rows) * self.block_size
+        else:
+            counted = np.concatenate([np.sum(self.examples(i)[1] != IGNORE_INDEX, axis=1) for i in range(len(self))])
+        per_part = counted.reshape(self.n_batches * self.parts, -1).sum(axis=1)  # (micro-batches,)
+        weight = per_part * (len(per_part) / max(int(per_part.sum()), 1))
+        return np.repeat(weight, self.batch_size // self.parts).astype(np.float32)
 
 
 def mixture_counts(n: int, weights: Sequence[float]) -> list[int]:
@@ -310,13 +345,13 @@ def mixture_counts(n: int, weights: Sequence[float]) -> list[int]:
     return counts + [rest]
 
 
-def _full_batches(sources: Sequence[Examples], weights: Sequence[float], batch_size: int) -> int:
-    """The most batches that read no validation window twice."""
+def _rows(sources: Sequence[Examples], weights: Sequence[float]) -> int:
+    """The most validation rows that read no window twice."""
 
     def fits(n: int) -> bool:
-        return all(c <= len(s) for c, s in zip(mixture_counts(n * batch_size, weights), sources))
+        return all(c <= len(s) for c, s in zip(mixture_counts(n, weights), sources))
 
-    low, high = 0, sum(len(s) for s in sources) // batch_size
+    low, high = 0, sum(len(s) for s in sources)
     while low < high:  # counts grow with n: bisect for the last n that fits
         middle = (low + high + 1) // 2
         low, high = (middle, high) if fits(middle) else (low, middle - 1)

@@ -12,7 +12,7 @@ evaluators and the harness score the same tokens.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import keras
@@ -21,7 +21,7 @@ from keras import ops
 
 from theseus.base.targets import IGNORE_INDEX
 from theseus.config import ConfigError
-from theseus.generation import Generator, compile_for_backend
+from theseus.generation import Generator, compile_for_backend, stream_text
 
 LENGTH_MULTIPLE = 32
 """Scored batches are right-padded to a multiple of this, so few shapes compile."""
@@ -131,7 +131,7 @@ class LanguageModel:
         """Summed log p and count of the targets of `(inputs, targets)` batches (a trainer's
         validation set; `IGNORE_INDEX` targets do not count); also each row's targets."""
         total, count, rows = 0.0, 0, []
-        for inputs, targets in batches:
+        for inputs, targets, *_ in batches:  # a validation batch also holds its sample weights
             inputs, targets = np.asarray(inputs, "int32"), np.asarray(targets)
             weights = (targets != IGNORE_INDEX).astype("float32")
             logp, _ = self._score(inputs, np.where(weights > 0, targets, 0).astype("int32"), weights)
@@ -190,12 +190,7 @@ class LanguageModel:
         Generation stops at the tokenizer's EOS; prompts longer than the context keep
         their last tokens. `settings` go to `Generator` (temperature, top_k, top_p, seed).
         """
-        keep = self.model.block_size - max_new_tokens
-        if keep < 1:
-            raise ConfigError(
-                f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's {self.model.block_size}-token context"
-            )
-        ids = [(self.encode(p) or [self.prefix_id])[-keep:] for p in prompts]
+        ids = self._prompt_ids(prompts, max_new_tokens)
         out = self.generator(
             ids, max_new_tokens, stop_token_ids=[self.tokenizer.eos_id], batch_size=self.batch_size, **settings
         )
@@ -207,6 +202,24 @@ class LanguageModel:
                     text = text.split(stop, 1)[0]
             texts.append(text)
         return texts
+
+    def stream(self, prompt: str, max_new_tokens: int = 32, **settings: Any) -> Iterator[str]:
+        """The continuation of one prompt in pieces, each yielded as soon as it is generated
+        (`Generator.stream`, `stream_text`); they join to `generate([prompt], ...)[0]`."""
+        eos = self.tokenizer.eos_id
+        ids = self._prompt_ids([prompt], max_new_tokens)[0]
+        tokens = self.generator.stream(ids, max_new_tokens, stop_token_ids=[eos], **settings)
+        return stream_text((t for t in tokens if t != eos), self.tokenizer.decode)
+
+    def _prompt_ids(self, prompts: Sequence[str], max_new_tokens: int) -> list[list[int]]:
+        """Each prompt's tokens (the prefix token for an empty one), the last ones of a
+        prompt that leaves no room for `max_new_tokens` in the context."""
+        keep = self.model.block_size - max_new_tokens
+        if keep < 1:
+            raise ConfigError(
+                f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's {self.model.block_size}-token context"
+            )
+        return [(self.encode(p) or [self.prefix_id])[-keep:] for p in prompts]
 
 
 def bits_per_byte(logprob: float, n_bytes: int) -> float:

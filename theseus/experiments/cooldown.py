@@ -79,7 +79,7 @@ class Parent:
                 why = f"step {step} is inside the warmup (until step {self.stable.start})"
             else:
                 why = f"there is no checkpoint at step {step}"
-            available = ", ".join(map(str, points)) or "none (set logging/keep_checkpoints: 0 to keep them all)"
+            available = ", ".join(map(str, points)) or "none (logging/keep_every keeps some, keep_checkpoints: 0 all)"
             raise ConfigError(f"cannot branch from {self.run_dir}: {why}; stable-phase checkpoints: {available}")
         found = ckpt.Checkpoint(ckpt.step_dir(self.run_dir / "checkpoints", step), step)
         try:
@@ -142,7 +142,7 @@ def cooldown(
         }
     )
     values = resolve(parent.fields, values, {k.replace(".", "/"): v for k, v in (overrides or {}).items()})
-    branch_dir = parent.run_dir.parent / (name or f"{parent.run_dir.name}-cooldown-{start}")
+    branch_dir = parent.run_dir.parent / (name or branch_name(parent.run_dir.name, start, steps, shape))
     with _locked_branch(branch_dir, parent, source, branch, values):  # one writer per branch folder
         runs.prepare_run_dir(branch_dir, parent.key, parent.fields, values)
         print(
@@ -150,6 +150,12 @@ def cooldown(
         )
         result = runs.job_class(parent.key)(values, branch_dir).run() or {}
     return {**result, **branch, "run_dir": str(branch_dir)}
+
+
+def branch_name(parent: str, step: int, decay_steps: int, shape: str) -> str:
+    """A branch's default folder name: what makes it distinct, e.g. `RUN-cooldown-40-d10-linear` (from step
+    40, decayed over 10 steps, linearly), so a sweep's branches and hand-made ones live side by side."""
+    return f"{parent}-cooldown-{step}-d{decay_steps}-{shape}"
 
 
 def _locked_branch(branch_dir: Path, parent: Parent, source: ckpt.Checkpoint, branch: dict, values: dict):
@@ -160,11 +166,17 @@ def _locked_branch(branch_dir: Path, parent: Parent, source: ckpt.Checkpoint, br
         if lock is not None:
             return lock
     lock = runs.RunLock(branch_dir).acquire()
-    recorded = json.loads((branch_dir / BRANCH_FILE).read_text()) if (branch_dir / BRANCH_FILE).is_file() else None
-    if recorded != branch:
+    recorded = json.loads((branch_dir / BRANCH_FILE).read_text()) if (branch_dir / BRANCH_FILE).is_file() else {}
+    if _identity(recorded) != _identity(branch):
         lock.release()
         raise ConfigError(f"{branch_dir} exists and is not this branch ({BRANCH_FILE} differs): pick another --name")
     return lock
+
+
+def _identity(branch: dict) -> dict:
+    """What makes two branches the same run: not how the decay length was asked for (`--steps 10`, or a
+    fraction that gives 10 steps)."""
+    return {k: v for k, v in branch.items() if k != "fraction"}
 
 
 def _create_branch(

@@ -4,6 +4,8 @@
     RUN/                         a run folder (config.yaml + checkpoints/): its newest checkpoint
     RUN/checkpoints/step_N/      one checkpoint of a run
     FOLDER/                      config.json + *.safetensors (+ tokenizer): a Hugging Face model
+    ADAPTER/                     adapter_config.json + adapter_model.safetensors: a PEFT LoRA
+                                 adapter over the local base it names, merged into it
 
 A run is rebuilt from its own config.yaml: its job's model and tokenizer, and, when an
 evaluation asks for it, the held-out data exactly as its training job validated on it.
@@ -21,6 +23,7 @@ from theseus.data.tokenizers import HFTokenizer
 from theseus.evaluation.evaluator import BaseEvaluator
 from theseus.evaluation.language_model import LanguageModel
 from theseus.experiments import runs
+from theseus.model.convert.peft import ADAPTER_CONFIG
 from theseus.model.huggingface import HFCheckpoint, HFCompat
 from theseus.model.models.causal_lm import as_causal_lm
 from theseus.training import checkpoint as ckpt
@@ -35,7 +38,7 @@ def describe(source: str) -> tuple[str, Path]:
     """What `source` is (`"run"`, `"checkpoint"` or `"huggingface"`) and its folder;
     a ConfigError when it is none of them."""
     path = Path(source).expanduser()
-    if (path / HF_CONFIG).is_file():
+    if (path / HF_CONFIG).is_file() or (path / ADAPTER_CONFIG).is_file():  # a PEFT adapter: its base, merged
         return "huggingface", path
     if (path / "model.weights.h5").is_file() and _run_config(path).is_file():
         return "checkpoint", path
@@ -45,7 +48,7 @@ def describe(source: str) -> tuple[str, Path]:
         raise ConfigError(f"model source not found: {path}")
     raise ConfigError(
         f"{path} is not a run folder (config.yaml), a checkpoint folder (RUN/checkpoints/step_N) "
-        "or a Hugging Face model folder (config.json)"
+        "or a Hugging Face model folder (config.json) or PEFT adapter folder (adapter_config.json)"
     )
 
 
@@ -148,12 +151,13 @@ def _load_run(path: Path, kind: str):
 
 
 def _load_huggingface(path: Path):
-    try:
-        tokenizer = HFTokenizer(path)
+    model = HFCompat(id=str(path))
+    try:  # the folder's tokenizer (a PEFT adapter's base's)
+        tokenizer = HFTokenizer(model.checkpoint.folder)
     except FileNotFoundError as error:
         raise ConfigError(str(error)) from None
     # The family model inside: a GPT or Llama with the checkpoint's weights and a KV cache.
-    return HFCompat(id=str(path)).architecture, tokenizer, None
+    return model.architecture, tokenizer, None
 
 
 class RunEvaluator(BaseEvaluator[M]):

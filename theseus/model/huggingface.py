@@ -6,7 +6,9 @@ Hugging Face cache; nothing is ever downloaded. config.json's `model_type` picks
 family (`theseus.model.convert.FAMILIES`), which builds the matching theseus model from
 theseus's own layers, so every weight has logical axes and shards like a native one.
 Weights stream from the safetensors files one tensor at a time into the Keras variables.
-`save_hf` writes any model of these families back as a folder `transformers` loads.
+`save_hf` writes any model of these families back as a folder `transformers` loads, and
+`save_peft` its LoRA adapters as a folder `peft` loads over the base. A PEFT adapter folder
+goes wherever a model folder does: it stands for its base with the adapter merged.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from theseus.model.convert.checkpoint import (
     resolve_folder,
     tokenizer_name,
 )
+from theseus.model.convert.peft import ADAPTER_CONFIG, ADAPTER_FILE, adapter_files
 from theseus.model.convert.safetensors import numpy_dtype, write_shards
 from theseus.model.models.causal_lm import CausalLM
 from theseus.model.module import LogicalAxes, abstract_build
@@ -234,6 +237,40 @@ def save_hf(
     return folder
 
 
+def save_peft(
+    model: keras.Model,
+    folder: str | os.PathLike,
+    adapters: dict[str, tuple[np.ndarray, np.ndarray]],
+    rank: int,
+    alpha: float,
+    base: str | None = None,
+) -> Path:
+    """Write LoRA adapters of `model` as a PEFT adapter folder (`adapter_config.json` +
+    `adapter_model.safetensors`) that `peft.PeftModel.from_pretrained` loads over the base.
+
+    Args:
+        model: an `HFCompat`, `GPT` or `Llama` (its family names the PEFT modules), its
+            adapters merged or not. An `HFCompat` loaded from a PEFT adapter folder has that
+            adapter in its weights: it goes into the one written, stacked with `adapters`.
+        adapters: `kernel variable path -> (A (in, rank), B (rank, out))`, as `Dense.enable_lora` makes them.
+        rank, alpha: the adapters' rank and alpha (scale `alpha / rank`).
+        base: the base model's folder or hub id, for `base_model_name_or_path`.
+    """
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    architecture = model.architecture if isinstance(model, HFCompat) else model
+    family = model.checkpoint.family if isinstance(model, HFCompat) else family_of(architecture)
+    paths = {variable.path: path for path, variable in relative_paths(architecture).items()}
+    ours = {paths[kernel]: pair for kernel, pair in adapters.items()}
+    start = model.checkpoint.adapter if isinstance(model, HFCompat) and model.pretrained else None
+    tensors, config = adapter_files(family, model_kwargs(architecture), ours, rank, alpha, base, start)
+    with _written_in_place_of(folder) as temporary:
+        save_file(tensors, str(temporary / ADAPTER_FILE), metadata={"format": "pt"})
+        (temporary / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
 @contextlib.contextmanager
 def _written_in_place_of(folder: Path) -> Iterator[Path]:
     """A fresh folder beside `folder` to write into, renamed to `folder` (replacing it) once
@@ -262,4 +299,5 @@ __all__ = [
     "resolve_folder",
     "tokenizer_name",
     "save_hf",
+    "save_peft",
 ]

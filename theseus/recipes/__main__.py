@@ -5,6 +5,7 @@
     --name NAME      the run's folder name (default: the job key with dashes)
     --backend NAME   jax (default), tensorflow or torch
     --fresh          start over: move an existing run folder aside instead of resuming it
+    --verbose        let the frameworks' start-up lines through to stderr
     --any.config.key=VALUE   override one config value, e.g. --training.tokens=2e6
 
 Running the same command again resumes the run from its newest checkpoint.
@@ -24,13 +25,14 @@ def main(
     name: str | None = None,
     backend: str | None = None,
     fresh: bool = False,
+    verbose: bool = False,
     **overrides,
 ) -> None:
     from theseus.base import backend as backends
 
     overrides = {k.replace(".", "/"): v for k, v in overrides.items()}
     try:
-        backends.select(backends.chosen(backend, overrides, config))  # before Keras is imported
+        backends.select(backends.chosen(backend, overrides, config), verbose)  # before Keras is imported
         _launch(job, config, out, name or job.replace("/", "-"), fresh, overrides)
     except Exception as error:
         from theseus.config import exit_status

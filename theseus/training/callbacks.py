@@ -345,6 +345,9 @@ class TensorBoardWriter:
                     self.summary.scalar(key, value)
         self.writer.flush()
 
+    def close(self) -> None:
+        self.writer.close()
+
 
 def _csv_path(jsonl: Path) -> Path:
     return jsonl.with_suffix(".csv")
@@ -398,6 +401,8 @@ class Checkpointer(StepCallback):
         root: the run's `checkpoints/` folder.
         state: extra fields for `state.json` (e.g. the data seed), besides step and tokens.
         keep: how many recent checkpoints to keep (0 = all); the best one is kept as well.
+        keep_every: checkpoints at multiples of this step are kept too (0: none; None: for a
+            WSD schedule, about 10 through its stable phase, `checkpoint.automatic_keep_every`).
         files: extra text files for every checkpoint (the run's `config.yaml`).
         best_val_loss: the lowest validation loss of the checkpoints already saved.
     """
@@ -416,9 +421,10 @@ class Checkpointer(StepCallback):
         files: dict[str, str] | None = None,
         best_val_loss: float = math.inf,
         save_weights: Any | None = None,
+        keep_every: int | None = 0,
     ):
         super().__init__(start_step, total_steps, micro_steps)
-        self.save_weights = save_weights  # writes the weights file; None = model.save_weights
+        self.save_weights, self.keep_every = save_weights, keep_every  # save_weights None = model.save_weights
         self.root = Path(root)
         self.interval, self.tokens_per_step = interval, tokens_per_step
         self.state, self.keep, self.files = dict(state or {}), keep, dict(files or {})
@@ -431,6 +437,10 @@ class Checkpointer(StepCallback):
         self.val_loss = float(logs["val_loss"]) if "val_loss" in logs else None
         if step % self.interval == 0 or (self.val_loss is not None and self.val_loss < self.best_val_loss):
             self.save()
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.keep_every is None:  # Keras holds the schedule in `_learning_rate` (`learning_rate` is its value)
+            self.keep_every = ckpt.automatic_keep_every(self.model.optimizer._learning_rate, self.interval)
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self.step != self.saved_step:
@@ -451,7 +461,13 @@ class Checkpointer(StepCallback):
             self.best_val_loss = min(self.best_val_loss, self.val_loss)
         try:
             checkpoint = ckpt.save(
-                self.root, model, state, keep=self.keep, files=self.files, save_weights=self.save_weights
+                self.root,
+                model,
+                state,
+                keep=self.keep,
+                files=self.files,
+                save_weights=self.save_weights,
+                keep_every=self.keep_every or 0,
             )
         except OSError as error:
             if out_of_space(error) is None:

@@ -37,6 +37,8 @@ except ImportError:  # Windows: no file size limit to check
 
 from theseus.base import multihost
 from theseus.config import write_atomic
+from theseus.training.accumulation import PerOptimizerStep
+from theseus.training.schedules import WSD
 
 log = logging.getLogger("theseus")
 
@@ -96,12 +98,13 @@ def save(
     keep: int = 3,
     files: Mapping[str, str] | None = None,
     save_weights: Callable[[Path], None] | None = None,
+    keep_every: int = 0,
 ) -> Checkpoint:
     """Write a checkpoint of `model` (and its optimizer) at `state["step"]` under `root`.
 
     `files` are extra text files to include (e.g. `{"config.yaml": ...}`). Keeps the newest
-    `keep` checkpoints (0 keeps all) plus the one with the lowest `val_loss`, and updates
-    the `latest` and `best` pointers.
+    `keep` checkpoints (0 keeps all) plus the one with the lowest `val_loss` and those whose
+    step is a multiple of `keep_every` (0: none), and updates the `latest` and `best` pointers.
     """
     root = Path(root)
     if not multihost.is_primary():  # multi-host: help gather the sharded state; process 0 writes it
@@ -127,7 +130,7 @@ def save(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     publish(tmp, final)
-    _prune(root, keep)
+    _prune(root, keep, keep_every)
     multihost.sync(f"checkpoint {step}")
     return Checkpoint(final, step)
 
@@ -199,15 +202,31 @@ def best_val_loss(root: str | os.PathLike) -> float:
     return _val_loss(winner) if winner is not None else float("inf")
 
 
-def _prune(root: Path, keep: int) -> None:
+def _prune(root: Path, keep: int, keep_every: int = 0) -> None:
     winner = best(root)
     if winner is not None:
         write_atomic(root / "best", winner.path.name + "\n")
     if keep <= 0:
         return
     for old in complete(root)[:-keep]:
-        if old != winner:
+        if old != winner and not (keep_every and old.step % keep_every == 0):
             _remove(old.path)
+
+
+STABLE_POINTS = 10
+"""How many checkpoints `logging/keep_every: null` keeps through a WSD run's stable phase."""
+
+
+def automatic_keep_every(schedule: Any, interval: int) -> int:
+    """`logging/keep_every: null`: for a WSD schedule, the multiple of the checkpoint `interval`
+    that keeps about `STABLE_POINTS` checkpoints evenly through its stable phase, the points
+    a cooldown branches from; 0 (none) for any other schedule."""
+    if isinstance(schedule, PerOptimizerStep):  # gradient accumulation's wrapper
+        schedule = schedule.schedule
+    if not isinstance(schedule, WSD):
+        return 0
+    stable = schedule.total_steps - schedule.warmup_steps - schedule.decay_steps
+    return interval * max(1, math.ceil(stable / (STABLE_POINTS * interval)))
 
 
 def verify(path: Path) -> None:

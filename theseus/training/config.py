@@ -144,6 +144,12 @@ class LoggingSection:
     keep_checkpoints: int = field(
         "logging/keep_checkpoints", default=3, bounds=">= 0", help="recent checkpoints kept; 0 = all"
     )
+    keep_every: int | None = field(
+        "logging/keep_every",
+        default=None,
+        bounds=">= 0",
+        help="steps: checkpoints at its multiples are kept besides the recent ones; null = about 10 through a WSD run's stable phase (none for other schedules); 0 = none",
+    )
     progress_bar: bool = field("logging/progress_bar", default=True, help="show Keras's progress bar")
     peak_flops: float = field(
         "logging/peak_flops",
@@ -159,6 +165,13 @@ class LoggingSection:
         default=False,
         help="also write the metrics rows as TensorBoard scalars (run_dir/tensorboard; needs the tensorboard package)",
     )
+    wandb: bool = field(
+        "logging/wandb",
+        default=False,
+        help="also log the metrics rows and the config to Weights & Biases (run_dir/wandb; needs the wandb package; WANDB_MODE=offline without network)",
+    )
+    wandb_project: str = field("logging/wandb_project", default="theseus", help="the W&B project of logging/wandb")
+    wandb_run: str = field("logging/wandb_run", default="", help="the W&B run's name; empty = the run folder's name")
     evaluations: list[str] = field(
         "logging/evaluations",
         default_factory=list,
@@ -167,8 +180,9 @@ class LoggingSection:
 
     def check_installed(self) -> None:
         """A ConfigError when a key asks for a package that is not installed."""
-        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
-            raise ConfigError("logging/tensorboard: true needs the tensorboard package (pip install tensorboard)")
+        for key in ("tensorboard", "wandb"):  # each key is named after the package it needs
+            if getattr(self, key) and importlib.util.find_spec(key) is None:
+                raise ConfigError(f"logging/{key}: true needs the {key} package (pip install {key})")
 
 
 @dataclasses.dataclass

@@ -17,6 +17,7 @@ from theseus.config import ConfigError
 from theseus.data import TokenWindows, ValidationWindows
 from theseus.data.config import training_data
 from theseus.data.sft import ChatDataConfig, chat_datasets
+from theseus.training.accumulation import micro_steps
 from theseus.training.checkpoint import digest
 from theseus.training.config import BaseTrainerConfig
 
@@ -57,7 +58,12 @@ def text_batches(
                 weights=data.weights,
             ),
             ValidationWindows(
-                data.validation, config.block_size, config.batch_size, config.validation_batches, weights=data.weights
+                data.validation,
+                config.block_size,
+                config.batch_size,
+                config.validation_batches,
+                weights=data.weights,
+                parts=micro_steps(config.batch_size, config.micro_batch_size),
             ),
             data.fingerprint,
         )
@@ -84,4 +90,5 @@ def chat_batches(
         validation_fraction=config.validation_fraction,
         validation_batches=config.validation_batches,
     )
+    validation.parts = micro_steps(config.batch_size, config.micro_batch_size)  # weighted per micro-batch
     return Batches(train, validation, hashlib.sha256(key.encode()).hexdigest()[:16], kind="chats")

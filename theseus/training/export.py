@@ -1,4 +1,5 @@
-"""The trained model as a Hugging Face folder, `RUN/hf`: the one export after a run."""
+"""The trained model as a Hugging Face folder, `RUN/hf`: the one export after a run; and,
+after a LoRA fine-tune of a Hugging Face folder, its adapters as a PEFT folder, `RUN/peft`."""
 
 from __future__ import annotations
 
@@ -8,13 +9,18 @@ from typing import Any
 import keras
 
 from theseus.base import multihost
-from theseus.model.huggingface import save_hf
+from theseus.model.huggingface import save_hf, save_peft
 
 HF_FOLDER = "hf"
+PEFT_FOLDER = "peft"
+ADAPTERS = "merged_lora"
+"""The model attribute where a fine-tune leaves the `lora.Adapters` it merged, for `RUN/peft`."""
 
 
 def export_hf(model: keras.Model, run_dir: Path, tokenizer: Any) -> Path | None:
     """Write `model` (and `tokenizer`, as `save_hf` takes it) to `run_dir/hf`; its path.
+    When the model carries the LoRA adapters merged into it (`ADAPTERS`), write them to
+    `run_dir/peft` too.
 
     Every host takes part in gathering the sharded weights; process 0 alone writes, and
     alone gets the folder back (None elsewhere).
@@ -24,4 +30,10 @@ def export_hf(model: keras.Model, run_dir: Path, tokenizer: Any) -> Path | None:
             return None
         folder = save_hf(model, Path(run_dir) / HF_FOLDER, tokenizer=tokenizer, overwrite=True)
     print(f"Hugging Face folder: {folder}", flush=True)
+    adapters = getattr(model, ADAPTERS, None)
+    if adapters is not None:
+        peft = save_peft(
+            model, Path(run_dir) / PEFT_FOLDER, adapters.weights, adapters.rank, adapters.alpha, adapters.base
+        )
+        print(f"PEFT adapter (over {adapters.base}): {peft}", flush=True)
     return folder

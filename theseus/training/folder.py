@@ -1,7 +1,7 @@
 """A training run's folder: what a run writes there and reads back when it resumes.
 
 `RUN/config.yaml` (written by the job launcher), `RUN/checkpoints/`, `RUN/metrics.jsonl`
-(and .csv, .png), `RUN/evaluations.jsonl`, `RUN/tensorboard/`. A trainer without a folder
+(and .csv, .png), `RUN/evaluations.jsonl`, `RUN/tensorboard/`, `RUN/wandb/`. A trainer without a folder
 (`path` None, as in tests and benchmarks) writes nothing and starts afresh.
 """
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 
 from theseus.base import multihost
-from theseus.config import ConfigError
+from theseus.config import ConfigError, load_yaml, nest
 from theseus.evaluation.callback import EVALUATIONS_FILE
 from theseus.training import checkpoint as ckpt
 from theseus.training.callbacks import (
@@ -29,9 +29,12 @@ from theseus.training.callbacks import (
 )
 from theseus.training.data import Batches
 from theseus.training.plot import plot_run
+from theseus.training.wandb_sink import WandbWriter
 
 if TYPE_CHECKING:
     from theseus.training.tuning import Pretraining
+
+Sink = TensorBoardWriter | WandbWriter  # takes each metrics row; closed when training stops
 
 log = logging.getLogger("theseus")
 
@@ -45,6 +48,7 @@ class RunFolder:
 
     def __init__(self, path: str | os.PathLike | None) -> None:
         self.path = Path(path) if path is not None else None
+        self.sinks: list[Sink] = []  # where the metrics rows go besides metrics.jsonl
 
     def resume(self, model: keras.Model, tuning: Pretraining) -> dict[str, Any]:
         """Restore the newest complete checkpoint into `model` (the part of it `tuning`
@@ -88,13 +92,13 @@ class RunFolder:
         """The metrics logger and the checkpointer (to run in that order); None, None without a folder."""
         if self.path is None:
             return None, None
-        sinks = [TensorBoardWriter(self.path / "tensorboard")] if config.tensorboard else []
+        self.sinks = self.open_sinks(config) if multihost.is_primary() else []
         logger = MetricsLogger(
             self.path / METRICS_FILE,
             config.log_interval,
             tokens_per_step,
             loss_state=resumed.get("loss_state"),
-            sinks=sinks,
+            sinks=self.sinks,
             **steps,
         )
         run_config = self.path / CONFIG_FILE
@@ -104,12 +108,30 @@ class RunFolder:
             tokens_per_step,
             state=state,
             keep=config.keep_checkpoints,
+            keep_every=config.keep_every,
             files={CONFIG_FILE: run_config.read_text()} if run_config.is_file() else None,
             best_val_loss=ckpt.best_val_loss(self.path / CHECKPOINTS),
             save_weights=save_weights,
             **steps,
         )
         return logger, checkpointer
+
+    def open_sinks(self, config: Any) -> list[Sink]:
+        """The sinks that `logging/tensorboard` and `logging/wandb` ask for."""
+        sinks: list[Sink] = []
+        if config.tensorboard:
+            sinks.append(TensorBoardWriter(self.path / "tensorboard"))
+        if config.wandb:
+            run_config = self.path / CONFIG_FILE
+            tree = nest(load_yaml(run_config)) if run_config.is_file() else {}
+            sinks.append(WandbWriter(self.path, config.wandb_project, config.wandb_run or self.path.name, tree))
+        return sinks
+
+    def close(self) -> None:
+        """Close the sinks that need it (a W&B run is finished), once training has stopped."""
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
 
     def evaluations_file(self) -> Path | None:
         """Where the periodic evaluations go (None: nowhere, or not this process's to write)."""

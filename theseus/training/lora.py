@@ -5,7 +5,8 @@ on theseus's `Dense` projections whose path matches one of `lora/targets` (regul
 expressions searched in paths such as `gpt/block_0/attn/query`): the kernel freezes and
 two adapters, A `(in, rank)` and B `(rank, out)`, learn `alpha / rank * A @ B`. Every
 other weight is frozen too, unless `finetune/trainable` or `finetune/train_last_blocks`
-names it. `merge_lora` folds the adapters into the kernels for export.
+names it. `merge_lora` folds the adapters into the kernels for export; `adapters` reads them
+out first, for the PEFT adapter a LoRA fine-tune writes beside its merged export.
 
 A run that trains a small part of its model checkpoints that part alone
 (`save_trainable` / `load_trainable`: the trainable weights by path, plus the optimizer's
@@ -23,6 +24,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from theseus.base import multihost
 from theseus.config import ConfigError, field
 from theseus.model.layers.dense import Dense
 
@@ -102,6 +104,30 @@ def enable_lora(model: keras.Layer, rank: int, alpha: float, targets: Sequence[s
 
 def lora_layers(model: keras.Layer) -> list[Dense]:
     return [layer for layer in projections(model) if layer.lora_enabled]
+
+
+@dataclasses.dataclass
+class Adapters:
+    """A model's LoRA adapters as arrays, all of one `rank` and `alpha`: `kernel path -> (A, B)`,
+    and the Hugging Face folder they adapt (`base`), for the PEFT export."""
+
+    rank: int
+    alpha: float
+    weights: dict[str, tuple[np.ndarray, np.ndarray]]
+    base: str | None = None
+
+
+def adapters(model: keras.Layer, base: str | None = None) -> Adapters:
+    """`model`'s adapters, gathered from every process (a collective: every process calls it)."""
+    layers = lora_layers(model)
+    with multihost.gathered([v for layer in layers for v in (layer.lora_kernel_a, layer.lora_kernel_b)]):
+        weights = {
+            layer.kernel.path: tuple(
+                keras.ops.convert_to_numpy(v.value) for v in (layer.lora_kernel_a, layer.lora_kernel_b)
+            )
+            for layer in layers
+        }
+    return Adapters(layers[0].lora_rank, layers[0].lora_alpha, weights, base)
 
 
 def merge_lora(model: keras.Layer) -> int:

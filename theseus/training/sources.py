@@ -80,5 +80,5 @@ class HFFolder(ModelSource):
         if self.config.init != "checkpoint":
             return super().reference(seed)
         folder = self.checkpoint.folder
-        files = sorted(folder.glob("*.safetensors"))
+        files = sorted(self.checkpoint.sources())  # a PEFT adapter's file included
         return {"kind": "huggingface", "path": str(folder.resolve()), "fingerprint": digest(files)[:16]}

@@ -192,7 +192,7 @@ class BaseTrainer(Generic[M]):
         )
         validating = Validation(validation, cfg.validation_interval, **steps)
         result = {} if start else {"initial_val_loss": initial_validation(model, validation, logger)}
-        announce(model, self.total_steps - start, self.tokens_per_step)
+        announce(model, self.total_steps - start, self.tokens_per_step, self.topology.strategy)
         callbacks = [
             *monitors(cfg, schedule, flops_per_token(model, self.values, cfg.block_size), self.tokens_per_step, steps),
             validating,
@@ -213,10 +213,18 @@ def check_inputs(trainer: BaseTrainer) -> None:
     trainer.config.check_sources()
 
 
-def announce(model: keras.Model, steps: int, tokens_per_step: int) -> None:
+def announce(model: keras.Model, steps: int, tokens_per_step: int, strategy: str) -> None:
+    """The line that starts training: the model's size, the steps, and where they run, e.g.
+    `on jax, 8 devices: batch 2 × shard 4, tp` (the mesh of the run's distribution), or `on torch, 1 device`."""
+    distribution = keras.distribution.distribution()  # the one the run entered, if any
+    mesh = distribution.device_mesh if distribution is not None else None
+    where = "1 device"
+    if mesh is not None and mesh.devices.size > 1:
+        axes = " × ".join(f"{axis} {size}" for axis, size in zip(mesh.axis_names, mesh.shape))
+        where = f"{mesh.devices.size} devices: {axes}, {strategy}"
     print(
         f"training {model.count_params():,} parameters for {steps} steps "
-        f"({tokens_per_step} tokens each) on {keras.backend.backend()}",
+        f"({tokens_per_step} tokens each) on {keras.backend.backend()}, {where}",
         flush=True,
     )
 
@@ -294,6 +302,7 @@ def fit_until_stopped(
         except NonFiniteLoss as error:
             raise NonFiniteLoss(f"{error}; {folder.last_good()} (nothing after it was written)") from None
         finally:
+            folder.close()  # a W&B run is finished
             if config.plot:
                 folder.plot()
     if signals.received is not None:

@@ -5,7 +5,8 @@ checkpoints the whole model. `FineTuning` (the `finetune/...` and `lora/...` key
 from trained weights (the source's, or a theseus run's checkpoint: `finetune/init_from`),
 freezes some of them or adds LoRA adapters, reads chats or text, checkpoints the
 trainable part alone with a reference to its base (checked on resume), and merges the
-adapters at the end. A trainer calls its part at each step of a run; see `BaseTrainer`.
+adapters at the end (a LoRA-only fine-tune of a Hugging Face folder keeps them first, for
+the PEFT adapter `RUN/peft`). A trainer calls its part at each step of a run; see `BaseTrainer`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from theseus.training import checkpoint as ckpt
 from theseus.training import lora
 from theseus.training.config import BaseTrainerConfig
 from theseus.training.data import Batches, chat_batches, text_batches
-from theseus.training.export import HF_FOLDER
+from theseus.training.export import ADAPTERS, HF_FOLDER
 from theseus.training.folder import CHECKPOINTS
 from theseus.training.sources import ModelSource
 
@@ -98,6 +99,16 @@ class FineTuning(Pretraining):
                 f"{job} starts from trained weights: set finetune/init_from to a run folder or RUN/checkpoints/step_N"
             )
         self.base = checkpoint_reference(self.start) if self.start is not None else source.reference(config.seed)
+        self.peft_base = self._peft_base(source)
+
+    def _peft_base(self, source: ModelSource) -> str | None:
+        """The Hugging Face folder a PEFT adapter of this run goes over (`RUN/peft`): the source's
+        (a PEFT adapter source's base, that adapter then stacked with the run's); None when the
+        run trains more than adapters or starts from a theseus run (`RUN/hf` is the one export)."""
+        extra = self.finetune.train_last_blocks or self.finetune.trainable
+        if not self.lora.enabled or extra or self.base.get("kind") != "huggingface":
+            return None
+        return str(source.checkpoint.folder.resolve())
 
     @property
     def partial_checkpoints(self) -> bool:
@@ -140,6 +151,8 @@ class FineTuning(Pretraining):
 
     def finish(self, model: keras.Model) -> dict[str, Any]:
         summary = lora.trainable_summary(model)
+        if self.peft_base is not None:  # RUN/peft: the adapters, read before they are merged
+            setattr(model, ADAPTERS, lora.adapters(model, self.peft_base))
         merged = lora.merge_lora(model)  # export and evaluation see one plain model
         return {"trainable_parameters": summary["trainable"], "parameters": summary["total"], "merged_layers": merged}
 

@@ -2,7 +2,9 @@
 
 `HFCheckpoint` opens a folder (or a hub id already in the local cache; nothing is ever
 downloaded), checks its config.json and safetensors headers, and streams the tensors into
-a built theseus model's variables. Only safetensors are read: weights stored as a pickle
+a built theseus model's variables. A PEFT LoRA adapter folder stands for its base (named in
+its adapter_config.json, a local folder or a cached hub id) with the adapter merged in
+(`theseus.model.convert.peft`). Only safetensors are read: weights stored as a pickle
 (`pytorch_model.bin`, `*.pt`) are refused with the command that converts them, since
 unpickling a file can run any code in it; and no tokenizer or model code shipped in a
 folder is ever run (`trust_remote_code` is never set). `open_checkpoint`, `tokenizer_name`
@@ -21,6 +23,7 @@ import numpy as np
 
 from theseus.config import ConfigError
 from theseus.model.convert import FAMILIES, Family, HFTensor
+from theseus.model.convert.peft import ADAPTER_CONFIG, ADAPTER_FILE, Adapter, read_config
 from theseus.model.convert.safetensors import INDEX_FILE, SafetensorsFile
 
 KEY = "architecture/huggingface/model"
@@ -85,6 +88,7 @@ class HFCheckpoint:
     def __init__(self, model_id: str) -> None:
         self.id = model_id
         self.folder = resolve_folder(model_id)
+        adapter = self._adapter_config()
         config_file = self.folder / "config.json"
         if not config_file.is_file():
             raise ConfigError(f"{KEY}: {self.folder} has no config.json, so it is not a Hugging Face model folder")
@@ -103,6 +107,25 @@ class HFCheckpoint:
         except ConfigError as error:
             raise ConfigError(f"{config_file}: {error}") from None
         self.files = self._weight_files()
+        self.adapter = None if adapter is None else Adapter(*adapter, self.family, self.kwargs, self.folder)
+
+    def _adapter_config(self) -> tuple[Path, dict] | None:
+        """A PEFT LoRA adapter folder (adapter_config.json, no config.json) stands for its base
+        with the adapter merged: `self.folder` becomes the base's; the adapter's folder and config."""
+        if not (self.folder / ADAPTER_CONFIG).is_file() or (self.folder / "config.json").is_file():
+            return None
+        folder, config = self.folder, read_config(self.folder, KEY)
+        base = config["base_model_name_or_path"]
+        try:
+            self.folder = resolve_folder(base)
+        except ConfigError as error:
+            reason = str(error).removeprefix(f"{KEY}: ")
+            raise ConfigError(f"{KEY}: the base of the PEFT adapter {folder}: {reason}") from None
+        return folder, config
+
+    def sources(self) -> list[Path]:
+        """The files the weights are read from: the safetensors, and an adapter's."""
+        return self.files + ([self.adapter.folder / ADAPTER_FILE] if self.adapter is not None else [])
 
     def _weight_files(self) -> list[Path]:
         index = self.folder / INDEX_FILE
@@ -182,7 +205,10 @@ class HFCheckpoint:
                 for file, key, tensor in plan:
                     if file != path:
                         continue
-                    for part, value in zip(tensor.parts, tensor.to_theseus(reader.read(key))):
+                    array = reader.read(key)
+                    if self.adapter is not None:  # a PEFT adapter's update, added as stored
+                        array = self.adapter.merged(tensor.name, array)
+                    for part, value in zip(tensor.parts, tensor.to_theseus(array)):
                         _fill(variables[part], value)
 
     def tokenizer_files(self) -> list[Path]:
