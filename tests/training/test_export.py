@@ -9,29 +9,15 @@ import pytest
 import transformers
 from hf_checkpoints import VOCAB, save_checkpoint
 from peft_adapters import base_model, torch_logits
-from test_hf_training import TINY as HF_TINY
-
-from theseus.experiments import JOBS, runs
+from test_hf_training import run_job as hf_run_job
 
 peft = pytest.importorskip("peft")
 
-TINY = {**HF_TINY, "lora/enabled": True, "lora/rank": 4, "lora/alpha": 8.0}  # the HF training tests' run, with LoRA
-
-
-@pytest.fixture(scope="module")
-def text(tmp_path_factory):
-    from pydoc_data.topics import topics
-
-    path = tmp_path_factory.mktemp("text") / "corpus.txt"
-    path.write_text(" ".join(topics[k] for k in sorted(topics)[:3])[:6000])
-    return path
+LORA = {"lora/enabled": True, "lora/rank": 4, "lora/alpha": 8.0}  # on the HF training tests' tiny run
 
 
 def run_job(key, run_dir, **overrides):
-    fields, values = runs.configure(key, {**TINY, **overrides}, require=True)
-    runs.prepare_run_dir(run_dir, key, fields, values)
-    job = JOBS[key](values, run_dir)
-    return job, job.run()
+    return hf_run_job(key, run_dir, **LORA, **overrides)
 
 
 @pytest.mark.slow

@@ -34,15 +34,6 @@ SHARDED = {"qwen3": {"topology/strategy": "tp", "topology/shard": 2, "topology/d
 TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|endoftext|>{% endfor %}"
 
 
-@pytest.fixture(scope="module")
-def text(tmp_path_factory):
-    from pydoc_data.topics import topics
-
-    path = tmp_path_factory.mktemp("text") / "corpus.txt"
-    path.write_text(" ".join(topics[k] for k in sorted(topics)[:3])[:6000])
-    return path
-
-
 def run_job(key, run_dir, **overrides):
     fields, values = runs.configure(key, {**TINY, **overrides}, require=True)
     runs.prepare_run_dir(run_dir, key, fields, values)
