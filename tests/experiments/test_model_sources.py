@@ -41,14 +41,13 @@ def test_a_source_that_is_no_model_is_one_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_a_peft_adapter_folder_is_evaluated_as_peft_runs_it(tmp_path):
+    from pydoc_data.topics import topics
+
     import numpy as np
     import torch
     from peft_adapters import peft_adapter, torch_logits
 
     from theseus.experiments import JOBS, runs
-
-    pytest.importorskip("peft")
-    from pydoc_data.topics import topics
 
     base = save_checkpoint(tmp_path / "base", "llama")
     reference = peft_adapter(base, "llama", tmp_path / "adapter")

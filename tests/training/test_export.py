@@ -5,13 +5,12 @@ import json
 
 import keras
 import numpy as np
+import peft  # the test extra's: loaded by peft itself, never skipped
 import pytest
 import transformers
 from hf_checkpoints import VOCAB, save_checkpoint
 from peft_adapters import base_model, torch_logits
 from test_hf_training import run_job as hf_run_job
-
-peft = pytest.importorskip("peft")
 
 LORA = {"lora/enabled": True, "lora/rank": 4, "lora/alpha": 8.0}  # on the HF training tests' tiny run
 

@@ -4,14 +4,13 @@ adapter's, not the bare base's, and its RUN/peft (both adapters) goes over the b
 
 import keras
 import numpy as np
+import peft  # the test extra's: loaded by peft itself, never skipped
 import pytest
 import transformers
 from hf_checkpoints import VOCAB, save_checkpoint
 from peft_adapters import base_model, peft_adapter, torch_logits
 
 from theseus.experiments import JOBS, runs
-
-peft = pytest.importorskip("peft")
 
 
 @pytest.mark.slow

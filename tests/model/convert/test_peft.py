@@ -7,6 +7,7 @@ import shutil
 
 import keras
 import numpy as np
+import peft  # the test extra's: loaded by peft itself, never skipped
 import pytest
 from hf_checkpoints import FAMILIES, VOCAB, hf_model, save_checkpoint
 from peft_adapters import base_model, peft_adapter, torch_logits
@@ -14,8 +15,6 @@ from peft_adapters import base_model, peft_adapter, torch_logits
 from theseus.config import ConfigError
 from theseus.model.huggingface import HFCompat, save_peft
 from theseus.training import lora
-
-peft = pytest.importorskip("peft")
 
 
 @pytest.fixture(scope="module")
