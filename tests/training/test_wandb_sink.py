@@ -8,15 +8,14 @@ import struct
 import sys
 
 import pytest
+import wandb  # the test extra's: run offline here, never skipped
 from test_trainer import job_for, rows
+from wandb.proto import wandb_internal_pb2
 
 from theseus.config import ConfigError, load_yaml, nest
 from theseus.experiments.gpt import PretrainGPT
 from theseus.training import checkpoint as ckpt
 from theseus.training.callbacks import Interrupted, StepCallback
-
-wandb = pytest.importorskip("wandb")
-from wandb.proto import wandb_internal_pb2  # noqa: E402
 
 WANDB = {
     "logging/wandb": True,
