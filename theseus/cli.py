@@ -112,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    from theseus.base import backend
     from theseus.config import ConfigError, write_atomic
+
+    if args.command in ("jobs", "configure"):
+        backend.import_keras_lean()
     from theseus.experiments import runs
 
     if args.command == "jobs":

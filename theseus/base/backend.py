@@ -5,7 +5,7 @@ before that: the CLI and `python -m theseus.recipes` read it from the flags, the
 and the config file first (`chosen`), then `select` it, and only then import the rest
 of theseus. A job built later checks that Keras is running what its config asks for.
 `select` also keeps the frameworks' start-up lines off stderr (`quiet`) unless `--verbose`.
-This module must not import Keras.
+This module imports Keras only in `import_keras_lean`, for the commands that just read configs.
 """
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ BACKENDS = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}
 """Keras backend name -> the package it needs."""
 
 KEY = "topology/backend"
+
+KERAS_EXTRAS = ("IPython", "sklearn", "pandas", "pyarrow", "matplotlib", "h5py", "huggingface_hub")
+"""What Keras imports at start whenever it is installed, for features that listing or configuring
+jobs never uses (its IPython file editor, the scikit-learn wrappers, DataFrame inputs, plots,
+legacy .h5 files, the Hub): about 80% of `theseus jobs`'s time (`benchmarks/cli_time.py`)."""
 
 
 @dataclasses.dataclass
@@ -111,6 +116,28 @@ def _exec_quietly(exec_module, module) -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def import_keras_lean() -> None:
+    """Import Keras as if `KERAS_EXTRAS` and the other backends' frameworks were not installed,
+    for `theseus jobs` and `configure`, which read job classes and write YAML but never train.
+
+    Keras imports each of those in a `try`/`except ImportError`, so it runs without them; they
+    read as absent only while Keras loads (a `None` in `sys.modules`, Python's way to say "not
+    installed"), so later imports, a plugin's included, find them as usual.
+    """
+    if "keras" in sys.modules:
+        return
+    running = os.environ.get("KERAS_BACKEND", "jax")
+    frameworks = tuple(package for name, package in BACKENDS.items() if name != running)
+    absent = [name for name in KERAS_EXTRAS + frameworks if name not in sys.modules]
+    sys.modules.update(dict.fromkeys(absent))
+    try:
+        import keras  # noqa: F401
+    finally:
+        for name in absent:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
 
 
 def check(name: str) -> None:
