@@ -26,10 +26,10 @@ BACKENDS = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}
 
 KEY = "topology/backend"
 
-KERAS_EXTRAS = ("IPython", "sklearn", "pandas", "pyarrow", "matplotlib", "h5py", "huggingface_hub")
+KERAS_EXTRAS = ("IPython", "sklearn", "pandas", "pyarrow", "matplotlib", "h5py", "huggingface_hub", "requests")
 """What Keras imports at start whenever it is installed, for features that listing or configuring
 jobs never uses (its IPython file editor, the scikit-learn wrappers, DataFrame inputs, plots,
-legacy .h5 files, the Hub): about 80% of `theseus jobs`'s time (`benchmarks/cli_time.py`)."""
+legacy .h5 files, the Hub, `RemoteMonitor`): about 80% of `theseus jobs`'s time (`benchmarks/cli_time.py`)."""
 
 
 @dataclasses.dataclass
