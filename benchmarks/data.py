@@ -1,13 +1,17 @@
 """Data pipeline speed, side by side in one process on the same machine.
 
-    python benchmarks/data.py [--copies 20] [--steps 40] [--repeats 3]
+    python benchmarks/data.py [--copies 20] [--steps 40] [--repeats 3] [--part all|tokenize|engines]
 
 1. Tokenization: the `data/tokenize` engine (read a JSONL file, encode, write uint16
    shards; all cores, and in one process) against the tokenizer's own batch encode of
    the same documents already in memory (`tokenizer(texts)["input_ids"]` for a
    transformers tokenizer): tokens/s and the ratio. The text is the embedded corpus
    repeated `--copies` times; the BPE tokenizer (vocab 8192) is trained on it here.
-2. Loading: batches/s the loader makes from memory-mapped shards (one source, and a
+2. Engines (`tokenize/engine`): the same job on the local engine and on Ray (a local Ray
+   cluster of 4 CPUs started once, its start-up timed apart), with 1, 2 and 4 workers, the
+   BPE tokenizer, the corpus as 8 JSONL files in a folder: tokens/s, and the overhead per
+   shard of each engine: (time with many small shards - time with few) / (shards more).
+3. Loading: batches/s the loader makes from memory-mapped shards (one source, and a
    70/30 mixture) against the optimizer steps/s of `model.fit` on the default job's model
    (GPT, 4 layers, width 128, context 256, batch 16), `fit` fed by the loader
    (prefetching) against `fit` fed batches already in memory, and the share of each fed
@@ -91,6 +95,52 @@ def tokenization(root: Path, copies: int) -> tuple[list[tuple], Path]:
             assert written == tokens, (written, tokens)
             rows.append((label, how, written / seconds, written / seconds / own_rate))
     return rows, root / "shards-byte-1"
+
+
+def engines(root: Path, copies: int) -> tuple[float, list[tuple]]:
+    """Ray's start-up in seconds, and (engine, workers, shards, seconds, tokens/s) rows."""
+    from theseus.data.engines import ray_session
+
+    documents = embedded_corpus() * copies
+    folder = root / "corpus-parts"
+    folder.mkdir()
+    for part in range(8):
+        with open(folder / f"part-{part}.jsonl", "w") as f:
+            for document in documents[part::8]:
+                f.write(json.dumps({"text": document}) + "\n")
+    bpe = root / "bpe" if (root / "bpe").is_dir() else train_bpe(root / "bpe", embedded_corpus())
+    tokenizer, source = load_tokenizer(str(bpe)), Source(str(folder))
+    total = sum(len(d) for d in documents) // 3  # about the tokens: a shard size giving ~2 or ~48 shards
+
+    def run(engine: str, workers: int, shard_tokens: int) -> tuple:
+        out = root / f"engine-{engine}-{workers}-{shard_tokens}"
+        result, seconds = timed(
+            lambda: tokenize_to_shards(
+                source, tokenizer, out, shard_tokens=shard_tokens, workers=workers, engine=engine, progress=False
+            )
+        )
+        tokens = result["train_tokens"] + result["validation_tokens"]
+        return engine, workers, result["shards"], seconds, tokens / seconds
+
+    plan = [(w, shard) for w in (1, 2, 4) for shard in ((total // 2, total // 48) if w == 2 else (total // 2,))]
+    rows = [run("local", workers, shard_tokens) for workers, shard_tokens in plan]
+    began = time.perf_counter()
+    with ray_session(4):  # one local cluster for every Ray row; each job starts its own actors
+        startup = time.perf_counter() - began
+        rows += [run("ray", workers, shard_tokens) for workers, shard_tokens in plan]
+    return startup, rows
+
+
+def print_engines(startup: float, rows: list[tuple], copies: int) -> None:
+    print(f"\nEngines ({copies} x the embedded corpus in 8 JSONL files, BPE 8192)")
+    print(f"Ray start-up (a local cluster of 4 CPUs, once, not in the rows): {startup:.1f} s")
+    print("| engine | workers | shards | seconds | tokens/s |\n|---|---|---|---|---|")
+    for engine, workers, shards, seconds, rate in rows:
+        print(f"| {engine} | {workers} | {shards} | {seconds:.2f} | {rate:,.0f} |")
+    for engine in ("local", "ray"):
+        few, many = [r for r in rows if r[0] == engine and r[1] == 2]
+        per_shard = (many[3] - few[3]) / max(many[2] - few[2], 1)
+        print(f"{engine}: overhead per shard {per_shard * 1000:.1f} ms ({few[2]} vs {many[2]} shards, 2 workers)")
 
 
 def fit_rate(dataset, steps: int) -> float:
@@ -178,23 +228,34 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=20, help="copies of the embedded corpus to tokenize")
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per fit measurement")
     parser.add_argument("--repeats", type=int, default=3, help="fit measurements of each kind (median)")
+    parser.add_argument(
+        "--part", choices=["all", "tokenize", "engines"], default="all", help="tokenize: tables 1 and 3"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        tokenize_rows, shards = tokenization(root, args.copies)
-        print(f"\nTokenization ({args.copies} x the embedded corpus, {args.copies * 465:,}k characters, JSONL)")
-        print("| tokenizer | how | tokens/s | vs own batch encode |\n|---|---|---|---|")
-        for label, how, rate, ratio in tokenize_rows:
-            print(f"| {label} | {how} | {rate:,.0f} | {ratio:.2f}x |")
-        load_rows = loading(shards, root, args.steps, args.repeats)
-        step_rate = load_rows[2][1]
-        print(f"\nLoading (batch {BATCH} x {BLOCK + 1} tokens) vs training (GPT 4 x 128, default job)")
-        print("| what | batches or steps /s (median, min-max) | vs the training step |\n|---|---|---|")
-        for label, rate, *runs in load_rows[:-1]:
-            spread = f" ({min(runs[0]):.2f}-{max(runs[0]):.2f})" if runs else ""
-            print(f"| {label} | {rate:,.2f}{spread} | {rate / step_rate:.2f}x |")
-        label, share, shares = load_rows[-1]
-        print(f"\n{label}: {share:.4%} (runs: {', '.join(f'{s:.4%}' for s in shares)})")
+        if args.part in ("all", "engines"):
+            print_engines(*engines(root, args.copies), args.copies)
+        if args.part in ("all", "tokenize"):
+            report(root, args)
+
+
+def report(root: Path, args: argparse.Namespace) -> None:
+    """The tokenization and loading tables."""
+    tokenize_rows, shards = tokenization(root, args.copies)
+    print(f"\nTokenization ({args.copies} x the embedded corpus, {args.copies * 465:,}k characters, JSONL)")
+    print("| tokenizer | how | tokens/s | vs own batch encode |\n|---|---|---|---|")
+    for label, how, rate, ratio in tokenize_rows:
+        print(f"| {label} | {how} | {rate:,.0f} | {ratio:.2f}x |")
+    load_rows = loading(shards, root, args.steps, args.repeats)
+    step_rate = load_rows[2][1]
+    print(f"\nLoading (batch {BATCH} x {BLOCK + 1} tokens) vs training (GPT 4 x 128, default job)")
+    print("| what | batches or steps /s (median, min-max) | vs the training step |\n|---|---|---|")
+    for label, rate, *runs in load_rows[:-1]:
+        spread = f" ({min(runs[0]):.2f}-{max(runs[0]):.2f})" if runs else ""
+        print(f"| {label} | {rate:,.2f}{spread} | {rate / step_rate:.2f}x |")
+    label, share, shares = load_rows[-1]
+    print(f"\n{label}: {share:.4%} (runs: {', '.join(f'{s:.4%}' for s in shares)})")
 
 
 if __name__ == "__main__":

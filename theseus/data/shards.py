@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from theseus.config import ConfigError, write_atomic
+from theseus.data.storage import RemoteFolder, is_url
 
 FORMAT = "theseus-token-shards"
 VERSION = 1
@@ -38,7 +39,10 @@ ANNOUNCE_BYTES = 1 << 30  # hashing more than this at open says so first (it tak
 
 
 def is_shard_folder(path: str | os.PathLike) -> bool:
-    """Whether `path` is (or is becoming) a token-shard folder made by `data/tokenize`."""
+    """Whether `path` (a folder or an fsspec URL) is (or is becoming) a token-shard folder made by `data/tokenize`."""
+    if is_url(path):
+        remote = RemoteFolder(str(path))
+        return remote.is_file(METADATA) or remote.is_file(PROGRESS)
     path = Path(path).expanduser()
     return (path / METADATA).is_file() or (path / PROGRESS).is_file()
 
@@ -158,16 +162,17 @@ class TokenShards:
     """
 
     def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder).expanduser()
-        path = self.folder / METADATA
-        if not path.is_file():
-            if (self.folder / PROGRESS).is_file():
+        self.remote = RemoteFolder(str(folder)) if is_url(folder) else None
+        self.folder = Path(folder).expanduser() if self.remote is None else self.remote.url
+        path = f"{self.folder}/{METADATA}"
+        if not self._is_file(METADATA):
+            if self._is_file(PROGRESS):
                 raise ConfigError(
                     f"token shards in {self.folder} are incomplete (no {METADATA}): "
                     "run the data/tokenize job again to finish them"
                 )
             raise ConfigError(f"no token shards in {self.folder} (no {METADATA}): make them with the data/tokenize job")
-        self.metadata = json.loads(path.read_text())
+        self.metadata = json.loads(self._read_text(METADATA))
         if self.metadata.get("format") != FORMAT or self.metadata.get("version") != VERSION:
             raise ConfigError(f"{path} is not theseus token-shard metadata (format {FORMAT} version {VERSION})")
         self.tokenizer: dict[str, Any] = self.metadata["tokenizer"]
@@ -181,16 +186,35 @@ class TokenShards:
                 flush=True,
             )
 
+    def _is_file(self, name: str) -> bool:
+        return self.remote.is_file(name) if self.remote else (self.folder / name).is_file()
+
+    def _read_text(self, name: str) -> str:
+        return self.remote.read_text(name) if self.remote else (self.folder / name).read_text()
+
     def tokens(self, split: str) -> int:
         return int(self.metadata["splits"][split]["tokens"])
 
     def split(self, name: str) -> list[np.ndarray]:
         """The shards of split `name` (`train` or `validation`), checked, memory-mapped."""
-        self.verify([name])
-        return [
-            np.memmap(self.folder / shard["file"], dtype=self.dtype, mode="r", shape=(shard["tokens"],))
-            for shard in self.metadata["splits"][name]["shards"]
-        ]
+        shards = self.metadata["splits"][name]["shards"]
+        if self.remote is not None:  # read through the local cache, checked as each is fetched
+            paths = [self._fetch(shard) for shard in shards]
+        else:
+            self.verify([name])
+            paths = [self.folder / shard["file"] for shard in shards]
+        return [np.memmap(p, dtype=self.dtype, mode="r", shape=(s["tokens"],)) for p, s in zip(paths, shards)]
+
+    def _fetch(self, shard: dict[str, Any]) -> Path:
+        """A remote shard's local copy (`storage.cache_dir()`), its size checked first."""
+        size = self.remote.size(shard["file"])
+        if size != shard.get("bytes", shard["tokens"] * self.dtype.itemsize):
+            raise ConfigError(
+                f"token shard {self.remote.url_of(shard['file'])} is missing or damaged ({size} bytes, metadata "
+                f"says {shard['tokens']} tokens of {self.dtype.itemsize} bytes): it changed after data/tokenize "
+                "wrote it; restore it or make the shards again with data/tokenize"
+            )
+        return self.remote.fetch(shard["file"], shard.get("sha256"), size)
 
     def _stat(self, shard: dict[str, Any]) -> tuple[Path, os.stat_result]:
         """The shard's path and stat, refused unless it has the size the metadata records."""
@@ -218,7 +242,14 @@ class TokenShards:
         `data/tokenize` job records the shards it writes, so a fresh folder is not hashed at
         all. A copy that does not keep modification times is hashed once more; a change that
         keeps both (bit rot below the file system) is found by `verify(recheck=True)`.
+
+        Shards in an fsspec folder are checked as they are copied into the local cache (their
+        SHA-256 computed while downloading); a copy already cached is used as it is.
         """
+        if self.remote is not None:
+            for shard in (s for name in splits for s in self.metadata["splits"][name]["shards"]):
+                self._fetch(shard)
+            return
         cache = read_verified(self.folder)
         todo = []
         for shard in (s for name in splits for s in self.metadata["splits"][name]["shards"]):

@@ -11,13 +11,17 @@ A source is one string, as a user writes it in `data/source`:
   prepared in `tfds_data_dir`; nothing is downloaded.
 
 Documents always come in the same order, so a tokenize job can skip the ones it has
-already written when it resumes. Only the tfds source needs tensorflow-datasets (and
-TensorFlow only for datasets not written as `array_record`); pyarrow only Parquet.
+already written when it resumes. A file or folder may be an fsspec URL (`file://`,
+`memory://`, `gs://` with gcsfs, `s3://` with s3fs; `storage.py`); `parts()` is the source
+as its files read one after another (what a Ray tokenize job splits). Only the tfds
+source needs tensorflow-datasets (and TensorFlow only for datasets not written as
+`array_record`); pyarrow only Parquet.
 """
 
 from __future__ import annotations
 
-import gzip
+import dataclasses
+import io
 import json
 import zlib
 from collections.abc import Iterator
@@ -27,6 +31,7 @@ from typing import Any
 
 from theseus.config import ConfigError
 from theseus.data.corpus import EMBEDDED, embedded_corpus
+from theseus.data.storage import RemoteFolder, is_url, open_binary
 
 TFDS_PREFIX = "tfds:"
 TEXT_SUFFIXES = (".txt", ".md")
@@ -56,6 +61,15 @@ class Source:
         if self.source.startswith(TFDS_PREFIX):
             self._tfds_builder()
             return
+        if is_url(self.source):
+            remote = RemoteFolder(self.source)
+            if remote.is_dir() and not remote.files(suffixes=TEXT_SUFFIXES + RECORD_SUFFIXES):
+                raise ConfigError(
+                    f"data/source: no {', '.join(TEXT_SUFFIXES + RECORD_SUFFIXES)} files under {remote.url}"
+                )
+            if not remote.is_dir() and not remote.is_file():
+                raise ConfigError(f"data/source: data source not found: {self.source}")
+            return
         path = Path(self.source).expanduser()
         if path.is_dir():
             if _is_hf_dataset(path):
@@ -74,31 +88,49 @@ class Source:
         if self.source.startswith(TFDS_PREFIX):
             yield from self._tfds_documents()
             return
-        path = Path(self.source).expanduser()
-        if path.is_dir() and _is_hf_dataset(path):
-            yield from self._hf_documents(path)
+        if not is_url(self.source) and _is_hf_dataset(Path(self.source).expanduser()):
+            yield from self._hf_documents(Path(self.source).expanduser())
             return
-        for file in _files(path) if path.is_dir() else [path]:
-            yield from self._file_documents(file)
+        for part in self.parts():
+            yield from part._file_documents(part.source)
+
+    def parts(self) -> list[Source]:
+        """This source as sources read one after another: one per file of a folder, else itself."""
+        if is_url(self.source):
+            remote = RemoteFolder(self.source)
+            if not remote.is_dir():
+                return [self]
+            files = [remote.url_of(name) for name in remote.files(suffixes=TEXT_SUFFIXES + RECORD_SUFFIXES)]
+        else:
+            path = Path(self.source).expanduser()
+            if not path.is_dir() or _is_hf_dataset(path):
+                return [self]
+            files = [str(file) for file in _files(path)]
+        return [dataclasses.replace(self, source=file) for file in files]
 
     # ------------------------------------------------------------------ files
 
-    def _file_documents(self, path: Path) -> Iterator[str]:
-        name = path.name.lower()
+    def _file_documents(self, path: str) -> Iterator[str]:
+        path = path if is_url(path) else Path(path).expanduser()
+        name = str(path).lower()
         if name.endswith(".parquet"):
             yield from self._parquet_documents(path)
         elif name.endswith((".jsonl", ".jsonl.gz")):
             for number, record in jsonl_records(path):
                 yield self._text(record, f"line {number} of {path}")
         else:
-            yield path.read_text(encoding="utf-8", errors="replace")
+            with open_binary(path) as f:  # universal newlines, as Path.read_text
+                yield io.TextIOWrapper(f, encoding="utf-8", errors="replace").read()
 
-    def _parquet_documents(self, path: Path) -> Iterator[str]:
+    def _parquet_documents(self, path: Path | str) -> Iterator[str]:
         try:
             import pyarrow.parquet as pq
         except ImportError:
             raise ConfigError(f"data/source: reading {path} needs pyarrow (pip install pyarrow)") from None
-        table = pq.ParquetFile(path)
+        with open_binary(path) as f:
+            yield from self._parquet_rows(pq.ParquetFile(f), path)
+
+    def _parquet_rows(self, table: Any, path: Path | str) -> Iterator[str]:
         if self.text_field not in table.schema_arrow.names:
             raise ConfigError(
                 f"data/text_field: column {self.text_field!r} not in {path} (its columns: {table.schema_arrow.names})"
@@ -192,10 +224,9 @@ def jsonl_records(path: str | Path, what: str = "data/source") -> Iterator[tuple
     A line that is not UTF-8 or not JSON, or a gzip stream that ends early or is damaged,
     is one ConfigError (starting with `what`) naming the file and the line.
     """
-    path = Path(path).expanduser()
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    path = path if is_url(path) else Path(path).expanduser()
     number = 0
-    with opener(path, "rb") as f:
+    with open_binary(path) as f:
         lines = enumerate(f, 1)
         while True:
             try:
@@ -208,7 +239,7 @@ def jsonl_records(path: str | Path, what: str = "data/source") -> Iterator[tuple
                 yield number, _json_line(raw, path, number, what)
 
 
-def _json_line(raw: bytes, path: Path, number: int, what: str) -> Any:
+def _json_line(raw: bytes, path: Path | str, number: int, what: str) -> Any:
     try:
         return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as error:

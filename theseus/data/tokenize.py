@@ -1,9 +1,9 @@
-"""Tokenize a document source into token shards, on every core, resumably.
+"""Tokenize a document source into token shards, on every core or a Ray cluster, resumably.
 
-The main process reads documents in order and cuts them into chunks of about a
-megabyte of text; worker processes encode chunks (documents each followed by the
-end-of-document id) and the main process appends the results, in order, to the
-train and validation shards. Document `i` is held out for validation iff
+The documents are cut, in order, into chunks of about a megabyte of text; an engine
+(`engines.py`: a local process pool, or Ray actors) encodes the chunks (documents each
+followed by the end-of-document id) and this process appends the results, in order, to
+the train and validation shards. Document `i` is held out for validation iff
 `floor((i + 1) f) > floor(i f)` for `validation_fraction` f: an exact share, spread
 through the source, decided without knowing its length.
 
@@ -11,24 +11,27 @@ Whenever a train shard is full both open shards are made final and `progress.jso
 records how many documents are done; a job started again in the same folder deletes
 anything written after that, skips those documents and carries on, so its shards are
 byte for byte those of a run that was never interrupted.
+
+The folder may be an fsspec URL (`memory://`, `gs://`, ...): the shards are then written in
+a local staging folder and each is uploaded as one object once final, `progress.json`
+after them and `metadata.json` last, so the remote folder reads as complete only at the end.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import hashlib
 import json
-import multiprocessing
 import os
+import shutil
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from theseus.config import ConfigError, write_atomic
+from theseus.data.engines import CHUNK_CHARS, check_engine, encoded_chunks, is_validation
 from theseus.data.shards import (
     METADATA,
     PROGRESS,
@@ -40,72 +43,24 @@ from theseus.data.shards import (
     write_verified,
 )
 from theseus.data.sources import Source
-from theseus.data.tokenizers import ByteTokenizer, join_documents
+from theseus.data.storage import RemoteFolder, cache_dir, is_url
+from theseus.data.tokenizers import ByteTokenizer
 
-CHUNK_CHARS = 1 << 20  # text per task handed to a worker: large enough to amortise the hand-over
-
-
-def is_validation(index: np.ndarray | int, fraction: float) -> np.ndarray:
-    """Whether document `index` is held out, for a validation share of `fraction`."""
-    index = np.asarray(index, dtype=np.int64)
-    return np.floor((index + 1) * fraction) > np.floor(index * fraction)
+__all__ = ["CHUNK_CHARS", "is_validation", "tokenize_to_shards"]
 
 
-def _chunks(documents: Iterable[str], first: int, chars: int) -> Iterator[tuple[int, list[str]]]:
-    """(index of the first document, documents) with about `chars` characters each."""
-    chunk: list[str] = []
-    size, start = 0, first
-    for document in documents:
-        chunk.append(document)
-        size += len(document)
-        if size >= chars:
-            yield start, chunk
-            start += len(chunk)
-            chunk, size = [], 0
-    if chunk:
-        yield start, chunk
-
-
-def encode_chunk(tokenizer: Any, task: tuple[int, list[str], float]) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """A chunk's train and validation token streams, and how many documents went to each."""
-    start, documents, fraction = task
-    held_out = is_validation(np.arange(start, start + len(documents)), fraction)
-    ids = tokenizer.encode_batch(documents)
-    train = join_documents([i for i, v in zip(ids, held_out) if not v], tokenizer.eos_id, tokenizer.dtype)
-    validation = join_documents([i for i, v in zip(ids, held_out) if v], tokenizer.eos_id, tokenizer.dtype)
-    n_validation = int(np.count_nonzero(held_out))
-    return train, validation, len(documents) - n_validation, n_validation
-
-
-_worker_tokenizer: Any = None
-
-
-def _init_worker(tokenizer: Any) -> None:
-    global _worker_tokenizer
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker: the pool is the parallelism
-    _worker_tokenizer = tokenizer
-
-
-def _encode_in_worker(task: tuple[int, list[str], float]) -> tuple[np.ndarray, np.ndarray, int, int]:
-    return encode_chunk(_worker_tokenizer, task)
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """forkserver: workers fork from a clean server, never from this process, whose threads
-    (JAX's, the tokenizer's) may hold locks. As with spawn, a script that starts a pool must
-    guard its entry point with `if __name__ == "__main__":`."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    # imported once by the server, so that its forked workers start at once
-    context.set_forkserver_preload(["__main__", __name__])
-    return context
-
-
-def _progress_bar(enabled: bool, initial: int):
+def _progress_bar(enabled: bool, initial: int, engine: str):
+    """Tokens (with tokens/s) as the bar; documents done (of how many, when known) beside it."""
     from tqdm.auto import tqdm
 
-    return tqdm(desc="tokenize", unit="tok", unit_scale=True, initial=initial, disable=not enabled, mininterval=1.0)
+    return tqdm(
+        desc=f"tokenize ({engine})",
+        unit="tok",
+        unit_scale=True,
+        initial=initial,
+        disable=not enabled,
+        mininterval=1.0,
+    )
 
 
 @dataclasses.dataclass
@@ -148,13 +103,13 @@ class _State:
                 f"{other['validation_fraction']}), not of {self.source}: use another folder"
             )
 
-    def resume(self, folder: Path) -> None:
+    def resume(self, folder: Path, name: str | Path) -> None:
         """Carry on from a killed job's `progress.json`, if there is one, deleting what it wrote after."""
         if (folder / PROGRESS).is_file():
             saved = json.loads((folder / PROGRESS).read_text())
-            self.same_job(saved, folder)
+            self.same_job(saved, name)
             self.documents, self.splits = saved["documents"], saved["splits"]
-            print(f"resuming the tokenization in {folder} after {self.documents:,} documents", flush=True)
+            print(f"resuming the tokenization in {name} after {self.documents:,} documents", flush=True)
         _remove_unfinished(folder, self)
 
 
@@ -167,35 +122,50 @@ def tokenize_to_shards(
     shard_tokens: int = 100_000_000,
     workers: int = 0,
     progress: bool = True,
+    engine: str = "local",
 ) -> dict[str, Any]:
     """Write `source` tokenized by `tokenizer` as token shards in `folder`; a summary dict.
 
     Args:
         source: where the documents come from.
         tokenizer: a `ByteTokenizer` or `HFTokenizer`.
-        folder: the shard folder (created; a partial one from a killed job is resumed).
+        folder: the shard folder, a path or an fsspec URL (created; a partial one from a killed
+            job is resumed).
         validation_fraction: the share of documents held out for validation.
         shard_tokens: a train shard is closed once it holds this many tokens.
-        workers: encoding processes; 1 = encode in this process; 0 = one per core (the byte
-            tokenizer: this process).
-        progress: show a progress bar with tokens per second.
+        workers: encoding processes (Ray actors with `engine="ray"`); 1 = encode in this
+            process (local); 0 = one per core (the byte tokenizer, locally: this process).
+        progress: show a progress bar with documents, tokens and tokens per second.
+        engine: `local` (a process pool on this host) or `ray` (Ray actors; see `engines.py`).
     """
-    folder = Path(folder)
+    check_engine(engine)
+    remote = RemoteFolder(str(folder), what="tokenize/output") if is_url(folder) else None
     state = _State.of(source, tokenizer, validation_fraction)
-    if (folder / METADATA).is_file():
+    if remote.is_file(METADATA) if remote is not None else (Path(folder) / METADATA).is_file():
         done = TokenShards(folder).metadata
         state.same_job(done, folder)
         print(f"token shards in {folder} are already complete", flush=True)
-        return _summary(folder, done, 0.0)
-    state.resume(folder)
-    shards = _OpenShards(folder, state, np.dtype(tokenizer.dtype))
-    if not workers:  # bytes cost less to encode than to hand to another process
+        return _summary(folder, done, 0.0, 0)
+    local = _staging(remote) if remote is not None else Path(folder)
+    if remote is not None and remote.is_file(PROGRESS):
+        (local / PROGRESS).write_text(remote.read_text(PROGRESS))
+    state.resume(local, folder)
+    shards = _OpenShards(local, state, np.dtype(tokenizer.dtype), remote)
+    if not workers and engine == "local":  # bytes cost less to encode than to hand to another process
         workers = 1 if isinstance(tokenizer, ByteTokenizer) else os.cpu_count() or 1
     began = time.perf_counter()
-    written = _encode_into(shards, source, tokenizer, workers, shard_tokens, progress)
+    written = _encode_into(shards, source, tokenizer, workers, shard_tokens, progress, engine)
     seconds = time.perf_counter() - began
     shards.finish()
-    return _summary(folder, TokenShards(folder).metadata, written / max(seconds, 1e-9))
+    return _summary(folder, TokenShards(folder).metadata, written / max(seconds, 1e-9), written)
+
+
+def _staging(remote: RemoteFolder) -> Path:
+    """A fresh local folder where a job writing to `remote` makes its shards before uploading them."""
+    staging = cache_dir() / "staging" / hashlib.sha256(remote.url.encode()).hexdigest()[:16]
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
 
 
 class _OpenShards:
@@ -204,11 +174,13 @@ class _OpenShards:
     wrote (hashed as written) go into `verified.json`, so that training does not hash them
     again; those of a killed run before it are hashed at their first use."""
 
-    def __init__(self, folder: Path, state: _State, dtype: np.dtype):
-        self.folder, self.state, self.dtype = folder, state, dtype
+    def __init__(self, folder: Path, state: _State, dtype: np.dtype, remote: RemoteFolder | None = None):
+        self.folder, self.state, self.dtype, self.remote = folder, state, dtype, remote
         self.verified: dict[str, Any] = {}
         self.writers = {s: ShardWriter(folder, s, dtype, first=len(state.splits[s]["shards"])) for s in SPLITS}
         folder.mkdir(parents=True, exist_ok=True)
+        if remote is not None:  # what a killed job uploaded after its last commit
+            _remove_unfinished_remote(remote, state)
         self.commit()  # a folder with progress.json is a shard folder, even before its first shard
 
     def append(self, train: np.ndarray, validation: np.ndarray, n_train: int, n_validation: int) -> None:
@@ -223,10 +195,18 @@ class _OpenShards:
     def commit(self) -> None:
         for split, writer in self.writers.items():
             entry = writer.close()
-            if entry is not None:
-                self.state.splits[split]["shards"].append(entry)
+            if entry is None:
+                continue
+            self.state.splits[split]["shards"].append(entry)
+            if self.remote is None:
                 self.verified[entry["file"]] = verified_record(self.folder / entry["file"], entry)
-        write_atomic(self.folder / PROGRESS, json.dumps(dataclasses.asdict(self.state), indent=1) + "\n")
+            else:  # uploaded whole, then no longer needed here
+                self.remote.put(self.folder / entry["file"], entry["file"])
+                (self.folder / entry["file"]).unlink()
+        text = json.dumps(dataclasses.asdict(self.state), indent=1) + "\n"
+        write_atomic(self.folder / PROGRESS, text)
+        if self.remote is not None:
+            self.remote.write_text(PROGRESS, text)
 
     def finish(self) -> None:
         """Write the metadata, last: from then on the folder reads as complete."""
@@ -242,25 +222,32 @@ class _OpenShards:
         write_verified(self.folder, self.verified)
         write_metadata(self.folder, metadata)
         (self.folder / PROGRESS).unlink()
+        if self.remote is not None:
+            self.remote.write_text(METADATA, (self.folder / METADATA).read_text())
+            self.remote.remove(PROGRESS)
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _encode_into(
-    shards: _OpenShards, source: Source, tokenizer: Any, workers: int, shard_tokens: int, progress: bool
+    shards: _OpenShards, source: Source, tokenizer: Any, workers: int, shard_tokens: int, progress: bool, engine: str
 ) -> int:
     """Encode the documents not yet done into `shards`, committing whenever a train shard is
     full and once at the end; the number of tokens written."""
     state = shards.state
     already = sum(state.splits[s]["tokens"] for s in SPLITS)
-    documents = itertools.islice(source.documents(), state.documents, None)
     chars = min(CHUNK_CHARS, shard_tokens)  # a shard closes between chunks: keep it near shard_tokens
-    tasks = ((start, chunk, state.validation_fraction) for start, chunk in _chunks(documents, state.documents, chars))
+    fraction = state.validation_fraction
     written = 0
-    with _progress_bar(progress, already) as bar, _Encoder(tokenizer, workers) as encode:
-        for train, validation, n_train, n_validation in encode(tasks):
+    with (
+        _progress_bar(progress, already, engine) as bar,
+        encoded_chunks(engine, source, tokenizer, workers, fraction, state.documents, chars) as (total, results),
+    ):
+        of = f" of {total:,}" if total is not None else ""
+        for train, validation, n_train, n_validation in results:
             shards.append(train, validation, n_train, n_validation)
             written += len(train) + len(validation)
             bar.update(len(train) + len(validation))
-            bar.set_postfix(documents=f"{state.documents:,}", refresh=False)
+            bar.set_postfix(documents=f"{state.documents:,}{of}", refresh=False)
             if shards.writers["train"].tokens >= shard_tokens:
                 shards.commit()
     shards.commit()
@@ -276,41 +263,16 @@ def _remove_unfinished(folder: Path, state: _State) -> None:
                 path.unlink()
 
 
-class _Encoder:
-    """A context manager giving `encode(tasks)` -> results in task order, on `workers` processes.
-
-    At most two tasks per worker are in flight, so a huge source is never read ahead into memory.
-    """
-
-    def __init__(self, tokenizer: Any, workers: int):
-        self.tokenizer, self.workers = tokenizer, workers
-        self.pool = None
-
-    def __enter__(self):
-        if self.workers > 1:
-            self.pool = _pool_context().Pool(self.workers, initializer=_init_worker, initargs=(self.tokenizer.encoder,))
-        return self.encode
-
-    def encode(self, tasks: Iterator[tuple]) -> Iterator[tuple]:
-        if self.pool is None:  # in this process, where the tokenizer may use its own threads
-            for task in tasks:
-                yield encode_chunk(self.tokenizer.encoder, task)
-            return
-        pending: deque = deque()
-        for task in tasks:
-            pending.append(self.pool.apply_async(_encode_in_worker, (task,)))
-            if len(pending) >= 2 * self.workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
-
-    def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+def _remove_unfinished_remote(remote: RemoteFolder, state: _State) -> None:
+    """Delete the remote shards that `progress.json` does not list (uploaded after its last commit)."""
+    final = {shard["file"] for split in state.splits.values() for shard in split["shards"]}
+    for split in SPLITS:
+        for name in remote.files(split):
+            if name not in final:
+                remote.remove(name)
 
 
-def _summary(folder: Path, metadata: dict[str, Any], tokens_per_sec: float) -> dict[str, Any]:
+def _summary(folder: Any, metadata: dict[str, Any], tokens_per_sec: float, encoded: int) -> dict[str, Any]:
     splits = metadata["splits"]
     return {
         "folder": str(folder),
@@ -319,5 +281,6 @@ def _summary(folder: Path, metadata: dict[str, Any], tokens_per_sec: float) -> d
         "validation_tokens": splits["validation"]["tokens"],
         "shards": sum(len(splits[s]["shards"]) for s in SPLITS),
         "tokens_per_sec": tokens_per_sec,
+        "tokens_encoded": encoded,  # by this call (a resumed job: only what was not already final)
         "fingerprint": metadata["fingerprint"],
     }
