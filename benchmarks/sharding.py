@@ -8,6 +8,10 @@ on 8 devices: eight virtual CPU devices unless the machine has real ones. Per st
 the median time of `--steps` `train_on_batch` calls after one that compiles, tokens per
 second, and the bytes one device holds of the parameters and of the optimizer's state
 (its slots follow their variables; step counters and the like are counted as well).
+
+Then the mixture of experts: a `MoE` with 8 experts of hidden width 2 * d-model, top-2 routed
+(no capacity), under dp, ep (1x8) and fsdp+ep (2x4), against the dense model of the same active
+parameters (one expert of width 4 * d-model, top-1: exactly a Llama) under dp and fsdp.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from theseus.base.mesh import Topology, check_placement  # noqa: E402
-from theseus.model.models import GPT  # noqa: E402
+from theseus.model.models import GPT, MoE  # noqa: E402
 
 STRATEGIES = [("dp", 1), ("tp", 4), ("tp", 2), ("fsdp", 1), ("fsdp+tp", 2)]  # (strategy, shard) on 8 devices
+MOE_STRATEGIES = {"dense": [("dp", 1), ("fsdp", 1)], "moe": [("dp", 1), ("ep", 8), ("fsdp+ep", 4)]}
 
 
 def per_device_bytes(variables) -> int:
@@ -39,11 +44,26 @@ def per_device_bytes(variables) -> int:
     return max(held.values())
 
 
-def measure(strategy: str, shard: int, args) -> dict:
-    def build() -> GPT:
-        model = GPT(
-            vocab_size=320, block_size=args.seq, n_layer=args.layers, n_head=args.d_model // 64, n_embd=args.d_model
-        )
+def gpt(args) -> GPT:
+    return GPT(vocab_size=320, block_size=args.seq, n_layer=args.layers, n_head=args.d_model // 64, n_embd=args.d_model)
+
+
+def moe(args, dense: bool = False) -> MoE:
+    """8 experts of width 2 * d, top 2; or (`dense`) one of width 4 * d: the same active parameters."""
+    experts = {"n_experts": 1, "top_k": 1, "n_embd_expert": 4 * args.d_model} if dense else {}
+    return MoE(
+        vocab_size=320,
+        block_size=args.seq,
+        n_layer=args.layers,
+        n_head=args.d_model // 64,
+        n_embd=args.d_model,
+        **({"n_experts": 8, "top_k": 2, "n_embd_expert": 2 * args.d_model} | experts),
+    )
+
+
+def measure(strategy: str, shard: int, args, make=gpt) -> dict:
+    def build():
+        model = make(args)
         model.build((None, args.seq))
         return model
 
@@ -85,10 +105,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args()
     rows = [measure(strategy, shard, args) for strategy, shard in STRATEGIES]
+    report(rows, f"GPT {args.layers} layers, width {args.d_model}, seq {args.seq}, batch {args.batch}")
+    for name, strategies in MOE_STRATEGIES.items():
+        rows = [measure(s, shard, args, lambda a: moe(a, dense=name == "dense")) for s, shard in strategies]
+        report(rows, f"{name}: MoE 8 experts top-2" if name == "moe" else "dense: MoE 1 expert top-1 (a Llama)")
+
+
+def report(rows: list[dict], title: str) -> None:
     mib = 1 / 2**20
     print(
-        f"GPT {args.layers} layers, width {args.d_model}, seq {args.seq}, batch {args.batch}: "
-        f"{rows[0]['whole'] * mib:.2f} MiB of parameters; {keras.distribution.list_devices()[0].split(':')[0]} x8"
+        f"{title}: {rows[0]['whole'] * mib:.2f} MiB of parameters; "
+        f"{keras.distribution.list_devices()[0].split(':')[0]} x8"
     )
     print(
         f"{'strategy':<10} {'mesh':<6} {'step ms':>9} {'tokens/s':>9} {'params MiB/dev':>15} {'optimizer MiB/dev':>18} {'total MiB/dev':>14}"

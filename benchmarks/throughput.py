@@ -1,6 +1,6 @@
 """Training throughput, side by side in one process on the same machine.
 
-    python benchmarks/throughput.py [--model gpt|llama] [--repeats 3] [--steps 15] [--d-model 256]
+    python benchmarks/throughput.py [--model gpt|llama|moe] [--repeats 3] [--steps 15] [--d-model 256]
 
 For one GPT (or Llama) configuration (6 layers, sequence 256, batch 16, vocabulary 8192):
   (a) theseus: the model + theseus's AdamW (tracking gradient/update norms) + the trainer's
@@ -9,18 +9,26 @@ For one GPT (or Llama) configuration (6 layers, sequence 256, batch 16, vocabula
       optax AdamW (same betas, decay, global-norm clip) and optax's cross-entropy;
   (c) keras-hub's `GPT2CausalLM` / `LlamaCausalLM` of the same size, built from a config
       (no preset download), trained with `fit`;
+  (d) the same keras-hub backbone as a theseus model (`KerasHubLM`, as `keras_hub/train/pretrain`
+      builds it), trained as (a) is: theseus's optimizer, loss and per-step callbacks; (d)/(c) is
+      what theseus's trainer costs a keras-hub model against plain `fit`;
   before/after rows for theseus's optimisations (the same (a) with Keras's masked sparse
   cross-entropy, 3-D projections and `ops.dot_product_attention`, as theseus had them
   before), and (a) in bfloat16.
 Steady-state tokens/s (compile and the first steps excluded), the median of `--repeats`
 interleaved rounds, the ratios (a)/(b) and (a)/(c), and model FLOPs utilisation against a
 peak measured in the same run by a large matmul in JAX (float32, and bfloat16 for bf16 rows).
+
+`--model moe`: (a) only, for a `MoE` with 8 experts of hidden width 2·d, top-2 routed, without a
+capacity (every expert on every token) and with capacity factor 1.25 (dispatch/combine), against
+the dense model of the same active parameters (one expert of width 4·d, top-1: exactly a Llama).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
 import tempfile
@@ -36,14 +44,20 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from theseus.base.targets import IGNORE_INDEX  # noqa: E402
+from theseus.model.keras_hub import KerasHubLM  # noqa: E402
 from theseus.model.layers import attention, dense  # noqa: E402
-from theseus.model.models import GPT, Llama, causal_lm  # noqa: E402
+from theseus.model.models import GPT, Llama, MoE, causal_lm  # noqa: E402
 from theseus.training.callbacks import LearningRate, MetricsLogger, StopOnNonFinite, Throughput  # noqa: E402
 from theseus.training.norms import track_norms  # noqa: E402
 from theseus.training.optimizers import build_optimizer  # noqa: E402
 from theseus.training.schedules import WSD  # noqa: E402
 
 WARMUP_STEPS = 5  # compile + first steps, excluded from every timing
+MOE_VARIANTS = {  # `--model moe`: name -> MoE arguments, as multiples of d_model for the widths
+    "dense (same active parameters)": {"n_experts": 1, "top_k": 1, "n_embd_expert": 4},
+    "MoE 8 experts top-2, no capacity": {"n_experts": 8, "top_k": 2, "n_embd_expert": 2},
+    "MoE 8 experts top-2, capacity 1.25": {"n_experts": 8, "top_k": 2, "n_embd_expert": 2, "capacity_factor": 1.25},
+}
 
 
 def batches(steps: int, batch: int, seq: int, vocab: int, seed: int = 0):
@@ -75,11 +89,23 @@ def mlp_width(args) -> int:
     return 4 * args.d_model if args.model == "gpt" else -(-8 * args.d_model // 3 // 64) * 64
 
 
-def build_model(args, precision: str = "float32") -> keras.Model:
+def build_model(args, precision: str = "float32", variant: str | None = None) -> keras.Model:
     keras.utils.set_random_seed(0)
     keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     heads = args.d_model // 64
-    if args.model == "gpt":
+    if args.model == "moe":
+        experts = dict(MOE_VARIANTS[variant or next(iter(MOE_VARIANTS))])
+        experts["n_embd_expert"] *= args.d_model
+        model = MoE(
+            vocab_size=args.vocab,
+            block_size=args.seq,
+            n_layer=args.layers,
+            n_head=heads,
+            n_kv_head=max(heads // 2, 1),
+            n_embd=args.d_model,
+            **experts,
+        )
+    elif args.model == "gpt":
         model = GPT(
             vocab_size=args.vocab,
             block_size=args.seq,
@@ -103,6 +129,26 @@ def build_model(args, precision: str = "float32") -> keras.Model:
     return model
 
 
+def hub_backbone(args) -> tuple[str, dict]:
+    """The keras-hub backbone class and arguments of the size `build_model` builds (rows (c) and (d))."""
+    heads = args.d_model // 64
+    common = dict(vocabulary_size=args.vocab, num_layers=args.layers, hidden_dim=args.d_model)
+    if args.model == "gpt":
+        return "GPT2Backbone", dict(
+            common, num_heads=heads, intermediate_dim=mlp_width(args), dropout=0.0, max_sequence_length=args.seq
+        )
+    return "LlamaBackbone", dict(
+        common, num_query_heads=heads, intermediate_dim=mlp_width(args), num_key_value_heads=max(heads // 2, 1)
+    )
+
+
+def build_hub_model(args, precision: str = "float32", variant: str | None = None) -> keras.Model:
+    """(d): the keras-hub backbone as theseus's `KerasHubLM`."""
+    keras.utils.set_random_seed(0)
+    name, config = hub_backbone(args)
+    return KerasHubLM(backbone_name=name, backbone_config=json.dumps(config))
+
+
 @contextlib.contextmanager
 def before_optimisations():
     """theseus as it was before this benchmark's optimisations, for the before/after rows:
@@ -120,8 +166,10 @@ def before_optimisations():
             setattr(module, name, original)
 
 
-def run_theseus(args, x, y, precision: str = "float32", before: bool = False) -> float:
-    model = build_model(args, precision)
+def run_theseus(
+    args, x, y, precision: str = "float32", before: bool = False, variant: str | None = None, build=build_model
+) -> float:
+    model = build(args, precision, variant)
     steps, tokens_per_step = len(x), args.batch * args.seq
     schedule = WSD(3e-4, steps)
     timer = StepTimer()
@@ -182,28 +230,10 @@ def run_keras_hub(args, x, y) -> float:
     import keras_hub
 
     keras.utils.set_random_seed(0)
-    heads = args.d_model // 64
-    if args.model == "gpt":
-        backbone = keras_hub.models.GPT2Backbone(
-            vocabulary_size=args.vocab,
-            num_layers=args.layers,
-            num_heads=heads,
-            hidden_dim=args.d_model,
-            intermediate_dim=mlp_width(args),
-            dropout=0.0,
-            max_sequence_length=args.seq,
-        )
-        model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
-    else:
-        backbone = keras_hub.models.LlamaBackbone(
-            vocabulary_size=args.vocab,
-            num_layers=args.layers,
-            num_query_heads=heads,
-            hidden_dim=args.d_model,
-            intermediate_dim=mlp_width(args),
-            num_key_value_heads=max(heads // 2, 1),
-        )
-        model = keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
+    name, config = hub_backbone(args)
+    backbone = getattr(keras_hub.models, name)(**config)
+    task = keras_hub.models.GPT2CausalLM if args.model == "gpt" else keras_hub.models.LlamaCausalLM
+    model = task(backbone=backbone, preprocessor=None)
     model.compile(optimizer=build_optimizer("adamw", learning_rate=WSD(3e-4, len(x))), jit_compile=True)
     flat_x = x.reshape(-1, args.seq)
     inputs = {"token_ids": flat_x, "padding_mask": np.ones_like(flat_x, dtype=bool)}
@@ -237,7 +267,7 @@ def model_flops_per_token(args, model: keras.Model) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["gpt", "llama"], default="gpt")
+    parser.add_argument("--model", choices=["gpt", "llama", "moe"], default="gpt")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--layers", type=int, default=6)
@@ -246,12 +276,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--vocab", type=int, default=8192)
     args = parser.parse_args()
+    if args.model == "moe":
+        return compare_moe(args)
 
     hub_name = "GPT2CausalLM" if args.model == "gpt" else "LlamaCausalLM"
     setups = {  # name: (precision, run)
         "(a) theseus fit": ("float32", run_theseus),
         "(b) jax.jit + optax": ("float32", run_jax),
         f"(c) keras-hub {hub_name} fit": ("float32", run_keras_hub),
+        f"(d) theseus fit, keras-hub {hub_name.replace('CausalLM', 'Backbone')}": (
+            "float32",
+            lambda *a: run_theseus(*a, build=build_hub_model),
+        ),
         "(a) before: 3-D projections, fused attention, Keras loss": (
             "float32",
             lambda *a: run_theseus(*a, before=True),
@@ -289,8 +325,29 @@ def main() -> None:
             f"| {name} | {precision} | {step * 1e3:.0f} ({runs}) | {tps[name]:,.0f} | "
             f"{tps[name] * flops_per_token / peaks[precision]:.1%} |"
         )
-    a, b, c, before, _ = tps.values()
-    print(f"\n(a)/(b) = {a / b:.3f}   (a)/(c) = {a / c:.3f}   after/before = {a / before:.3f}")
+    a, b, c, d, before, _ = tps.values()
+    print(f"\n(a)/(b) = {a / b:.3f}   (a)/(c) = {a / c:.3f}   (d)/(c) = {d / c:.3f}   after/before = {a / before:.3f}")
+
+
+def compare_moe(args) -> None:
+    """(a) for each of `MOE_VARIANTS`, interleaved; tokens/s and the ratio to the dense model."""
+    x, y = batches(args.steps, args.batch, args.seq, args.vocab)
+    step_times: dict[str, list[float]] = {name: [] for name in MOE_VARIANTS}
+    for _ in range(args.repeats):
+        for name in MOE_VARIANTS:
+            step_times[name].append(run_theseus(args, x, y, variant=name))
+    print(
+        f"\nMoE {args.layers} layers, d_model {args.d_model}, seq {args.seq}, batch {args.batch}, "
+        f"vocab {args.vocab}, backend {keras.backend.backend()}; median of {args.repeats} rounds\n"
+    )
+    print("| model | parameters | step (ms) | tokens/s | vs dense |\n|---|---|---|---|---|")
+    dense = None
+    for name, times in step_times.items():
+        step = statistics.median(times)
+        tokens_per_sec = args.batch * args.seq / step
+        dense = dense or tokens_per_sec
+        params = build_model(args, variant=name).count_params() / 1e6
+        print(f"| {name} | {params:.2f}M | {step * 1e3:.0f} | {tokens_per_sec:,.0f} | {tokens_per_sec / dense:.2f} |")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,52 @@ CONFIGS = {
 }
 FAMILIES = tuple(CONFIGS)
 
+# The mixture-of-experts families (theseus `MoE`), apart from FAMILIES: tests of the dense ones run over FAMILIES.
+MOE_CONFIGS = {
+    "mixtral": dict(  # top-2 of 4 experts, renormalised; a sliding window shorter than the test sequences
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        sliding_window=5,
+    ),
+    "qwen2_moe": dict(  # q/k/v biases, tied embeddings, a gated shared expert, top-k weights not renormalised
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        moe_intermediate_size=24,
+        shared_expert_intermediate_size=40,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        num_experts=4,
+        num_experts_per_tok=2,
+        norm_topk_prob=False,
+        tie_word_embeddings=True,
+    ),
+    "qwen3_moe": dict(  # q/k norms, head_dim * heads != hidden_size, top-3 of 6 renormalised
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        moe_intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=64,
+        num_experts=6,
+        num_experts_per_tok=3,
+        norm_topk_prob=True,
+    ),
+}
+MOE_FAMILIES = tuple(MOE_CONFIGS)
+
 
 def hf_model(family: str, seed: int = 0, **overrides):
     """A random `transformers` model of `family` (its `CONFIGS` entry with `overrides`) in
@@ -68,7 +114,7 @@ def hf_model(family: str, seed: int = 0, **overrides):
     import torch
     import transformers
 
-    config_class = transformers.AutoConfig.for_model(family, **{**CONFIGS[family], **overrides})
+    config_class = transformers.AutoConfig.for_model(family, **{**(CONFIGS | MOE_CONFIGS)[family], **overrides})
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config_class, attn_implementation="eager")
     with torch.no_grad():

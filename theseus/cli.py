@@ -7,6 +7,7 @@
     theseus cooldown RUN_DIR --from STEP_OR_TOKENS [--fraction 0.2] [--shape 1-sqrt] [--name NAME]
     theseus sweep-cooldowns RUN_DIR --every N [--fraction 0.2] [--shape 1-sqrt]
     theseus generate SOURCE --prompt TEXT [--prompts-file FILE] [--chat] [--temperature T --top-k K --top-p P --seed S]
+    theseus export SOURCE --to hf|keras-hub OUT [--force]
 
 Bad input (an unknown job or key, a wrong type, an unset `???`, a missing file) is one
 line on stderr and exit code 2; nothing is created or overwritten. A run that stops early
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import theseus  # noqa: F401  (sets the default Keras backend before Keras loads)
 
@@ -83,6 +85,18 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--chat", action="store_true", help="render each prompt as a user turn with the tokenizer's chat template"
     )
+    return _add_export(sub, parser)
+
+
+def _add_export(sub: Any, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`parser` with the `export` command added to its commands `sub`."""
+    export = sub.add_parser(
+        "export", help="write a run, RUN/checkpoints/step_N or a Hugging Face folder as a HF folder or keras-hub preset"
+    )
+    export.add_argument("source")
+    export.add_argument("out", help="the folder to write")
+    export.add_argument("--to", default="hf", help="hf (a Hugging Face folder) or keras-hub (a keras-hub preset)")
+    export.add_argument("--force", action="store_true", help="replace an existing OUT")
     return parser
 
 
@@ -141,6 +155,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
         print_completions(args.source, prompts, args.max_new_tokens, args.batch_size, chat=args.chat, **settings)
         return 0
+    if args.command == "export":
+        return _export(args)
     if args.command == "cooldown":
         from theseus.experiments.cooldown import cooldown
 
@@ -162,6 +178,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     key, fields, values = runs.read_config(args.config, args.overrides)
     runs.launch(key, fields, values, args.outdir, args.name, fresh=args.fresh)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from theseus.experiments.sources import load
+    from theseus.training.export import check_target, export
+
+    check_target(args.to)  # before the model loads
+    model = load(args.source)
+    print(f"wrote {export(model.model, model.tokenizer, args.to, args.out, overwrite=args.force)} ({args.to})")
     return 0
 
 

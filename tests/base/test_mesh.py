@@ -11,10 +11,11 @@ import pytest
 from theseus.base.mesh import Strategy, Topology, check_placement, strategy_rules
 from theseus.base.sharding import ShardingError, abstract_build
 from theseus.config import ConfigError
-from theseus.experiments import runs
-from theseus.experiments.gpt import PretrainGPT
+from theseus.experiments import JOBS, runs
 from theseus.model import models
 from theseus.model.models import GPT, CausalLM
+
+PretrainGPT = JOBS["gpt/train/pretrain"]
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution shards on JAX only")
 
@@ -93,7 +94,9 @@ def test_topology_is_a_config_section_defaulting_to_data_parallel_on_every_devic
         "topology/peer_timeout": 180,
         "topology/backend": None,
     }
-    assert "strategy: dp  # dp, tp, fsdp or fsdp+tp" in runs.config_text("gpt/train/pretrain", fields, defaults)
+    assert "strategy: dp  # dp, tp, fsdp, fsdp+tp, ep or fsdp+ep" in runs.config_text(
+        "gpt/train/pretrain", fields, defaults
+    )
     distribution = PretrainGPT(values()).distribution()
     assert isinstance(distribution, keras.distribution.DataParallel)
     assert distribution.device_mesh.shape == (8,) and distribution.auto_shard_dataset is False
@@ -168,7 +171,9 @@ def test_a_topology_that_cannot_work_is_one_config_error_before_anything_runs(ov
 
 
 def test_an_unknown_strategy_is_refused_with_the_choices():
-    with pytest.raises(ConfigError, match=r"'topology/strategy' must be one of \['dp', 'tp', 'fsdp', 'fsdp\+tp'\]"):
+    with pytest.raises(
+        ConfigError, match=r"'topology/strategy' must be one of \['dp', 'tp', 'fsdp', 'fsdp\+tp', 'ep', 'fsdp\+ep'\]"
+    ):
         values(**{"topology/strategy": "zero3"})
 
 
@@ -214,6 +219,7 @@ def test_every_variable_lives_where_the_rules_say_and_shrinks_by_its_degree(name
 FAMILIES = {
     "GPT": [{}, {"tie_embeddings": False, "position": "rope", "bias": False}],
     "Llama": [{"n_kv_head": 2}, {"n_kv_head": 2, "qkv_bias": True, "qk_norm": True, "tie_embeddings": True}],
+    "MoE": [{"n_experts": 4}, {"n_experts": 4, "n_embd_shared": 16, "gated_shared": True, "dense_layers": [0]}],
 }
 
 

@@ -19,9 +19,10 @@ import pytest
 from theseus.base import multihost
 from theseus.base.mesh import Topology
 from theseus.config import ConfigError
-from theseus.experiments import runs
-from theseus.experiments.gpt import PretrainGPT
+from theseus.experiments import JOBS, runs
 from theseus.training import checkpoint as ckpt
+
+PretrainGPT = JOBS["gpt/train/pretrain"]
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="multi-host runs need JAX")
 

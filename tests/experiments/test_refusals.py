@@ -15,13 +15,14 @@ import json
 import typing
 
 import keras
+import keras_hub
 import pytest
 from hf_checkpoints import save_checkpoint
 
 from theseus import cli
 from theseus.config import ConfigError, build, collect, field, resolve
 from theseus.experiments import runs
-from theseus.model.models import GPT, Llama
+from theseus.model.models import GPT, Llama, MoE
 from theseus.training import checkpoint as ckpt
 
 MISSING = "{tmp}/no/such/path"
@@ -55,6 +56,7 @@ SPECIFIC: dict[str, list] = {
     "data/mixture": [[{"source": "embedded"}], [{"source": "embedded", "weight": 0}]],
     "evaluation/tasks": [["bogus"]],
     "logging/evaluations": [["bogus"]],
+    "grpo/reward": ["bogus"],  # none of exact_match, regex:PATTERN, MODULE:FUNCTION
     "finetune/trainable": [["("]],  # not a regular expression
     "topology/strategy": ["tp"],  # with shard=1
     "topology/shard": [3],  # with strategy dp
@@ -71,6 +73,7 @@ ZERO_IS_VALID = {
     "evaluation/tokens",
     "optimization/warmup",
     "optimization/decay",
+    "architecture/n_embd_shared",
 }
 SKIPPED = {"topology/backend", "topology/coordinator", "topology/process_id", "data/tfds_data_dir"}
 """Keys walked elsewhere (tests/test_cli.py, the multi-host tests) or read only with another key
@@ -101,20 +104,36 @@ def text(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def native_run(run, family, model_class):
+    """A run folder of a native family's default pretraining with a step-1 checkpoint."""
+    fields, values = runs.configure(f"{family}/train/pretrain", {}, require=True)
+    runs.prepare_run_dir(run, f"{family}/train/pretrain", fields, values)
+    model = build(model_class, values)
+    model.build((None, values["architecture/block_size"]))
+    model.compile(optimizer="adamw")  # as a run's model is when it is checkpointed
+    ckpt.save(run / "checkpoints", model, {"step": 1})
+    keras.backend.clear_session()
+    return run
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """A GPT run with a checkpoint (what fine-tuning and evaluation start from) and a tiny
     Llama folder in Hugging Face format (the five HF families share one config table)."""
     root = tmp_path_factory.mktemp("sources")
-    run = root / "gpt-run"
-    fields, values = runs.configure("gpt/train/pretrain", {}, require=True)
-    runs.prepare_run_dir(run, "gpt/train/pretrain", fields, values)
-    model = build(GPT, values)
-    model.build((None, values["architecture/block_size"]))
-    model.compile(optimizer="adamw")  # as a run's model is when it is checkpointed
-    ckpt.save(run / "checkpoints", model, {"step": 1})
+    made = {family: native_run(root / f"{family}-run", family, model) for family, model in (("gpt", GPT), ("moe", MoE))}
+    pairs = root / "pairs.jsonl"  # preference pairs for the train/dpo jobs
+    pairs.write_text(
+        "".join(json.dumps({"prompt": f"{i}=", "chosen": "yes", "rejected": "no"}) + "\n" for i in range(200))
+    )
+    prompts = root / "prompts.jsonl"  # prompts with answers for the train/grpo jobs
+    prompts.write_text("".join(json.dumps({"prompt": f"{i}+1=", "answer": str(i + 1)}) + "\n" for i in range(20)))
+    preset = root / "keras-hub-gpt2"  # a keras-hub preset folder for the keras_hub jobs
+    backbone = dict(num_layers=1, num_heads=2, hidden_dim=32, intermediate_dim=64, max_sequence_length=256)
+    keras_hub.models.GPT2Backbone(vocabulary_size=320, **backbone).save_to_preset(str(preset))
     keras.backend.clear_session()
-    return {"gpt": run, "llama": save_checkpoint(root / "llama", "llama")}
+    llama = save_checkpoint(root / "llama", "llama")
+    return {**made, "llama": llama, "pairs": pairs, "prompts": prompts, "keras_hub": preset}
 
 
 def representatives() -> list[str]:
@@ -127,12 +146,19 @@ def representatives() -> list[str]:
 
 def valid(key: str, folders) -> dict:
     """Overrides that make job `key`'s defaults a config it accepts."""
+    if key.endswith("/train/grpo"):
+        return {**valid(key.replace("/grpo", "/finetune"), folders), "data/source": str(folders["prompts"])}
+    if key.endswith("/train/dpo"):
+        return {**valid(key.replace("/dpo", "/finetune"), folders), "data/source": str(folders["pairs"])}
     if key.startswith("llama/"):
         return {"architecture/huggingface/model": str(folders["llama"])}
-    if key == "gpt/train/finetune":
-        return {"finetune/init_from": str(folders["gpt"])}
-    if key == "gpt/eval/evaluate":
-        return {"evaluation/checkpoint": str(folders["gpt"])}
+    if key.startswith("keras_hub/"):
+        return {"architecture/keras_hub/preset": str(folders["keras_hub"]), "data/tokenizer": "byte"}
+    family = key.split("/")[0]
+    if key == f"{family}/train/finetune" and family in ("gpt", "moe"):
+        return {"finetune/init_from": str(folders[family])}
+    if key == f"{family}/eval/evaluate" and family in ("gpt", "moe"):
+        return {"evaluation/checkpoint": str(folders[family])}
     return {}
 
 

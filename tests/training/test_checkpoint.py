@@ -99,7 +99,9 @@ KEEP = {
     [("wsd", [2, 4, 6, 8, 10, 12, 14, 16, 18, 19, 20]), ("cosine", [18, 19, 20])],
 )
 def test_a_wsd_run_keeps_checkpoints_through_its_stable_phase(schedule, kept, tmp_path):
-    from theseus.experiments.gpt import PretrainGPT
+    from theseus.experiments import JOBS
+
+    PretrainGPT = JOBS["gpt/train/pretrain"]
 
     run_dir = tmp_path / "run"  # the default keep_checkpoints: 3 and keep_every: null (automatic)
     fields, values = runs.configure("gpt/train/pretrain", {**KEEP, "optimization/schedule": schedule}, require=True)
@@ -205,7 +207,9 @@ def unnumbered(path):
 @pytest.fixture(scope="module")
 def jax_run(tmp_path_factory):
     """A finished 8-step run written under JAX, and the state of its step-4 checkpoint as JAX loads it."""
-    from theseus.experiments.gpt import PretrainGPT
+    from theseus.experiments import JOBS
+
+    PretrainGPT = JOBS["gpt/train/pretrain"]
 
     run_dir = tmp_path_factory.mktemp("jax") / "run"
     fields, values = runs.configure("gpt/train/pretrain", CROSS, require=True)

@@ -20,7 +20,10 @@ def run_job(key, run_dir, **overrides):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("family", "targets"), [("gpt2", ["query", "value", "mlp"]), ("llama", ["attn", "mlp"])])
+@pytest.mark.parametrize(
+    ("family", "targets"),
+    [("gpt2", ["query", "value", "mlp"]), ("llama", ["attn", "mlp"]), ("qwen2_moe", ["attn", "mlp"])],
+)
 def test_a_lora_finetune_writes_a_peft_adapter_equal_to_its_merged_export(family, targets, text, tmp_path):
     source = save_checkpoint(tmp_path / "base", family)
     overrides = {"architecture/huggingface/model": str(source), "data/source": str(text), "lora/targets": targets}

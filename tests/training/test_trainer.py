@@ -9,9 +9,10 @@ import pytest
 from theseus import cli
 from theseus.config import ConfigError
 from theseus.experiments import JOBS, runs
-from theseus.experiments.gpt import PretrainGPT
 from theseus.training import checkpoint as ckpt
 from theseus.training.callbacks import NonFiniteLoss, StepCallback, flops_per_token
+
+PretrainGPT = JOBS["gpt/train/pretrain"]
 
 TINY = {
     "architecture/n_layer": 1,

@@ -13,9 +13,11 @@ from test_trainer import job_for, rows
 from wandb.proto import wandb_internal_pb2
 
 from theseus.config import ConfigError, load_yaml, nest
-from theseus.experiments.gpt import PretrainGPT
+from theseus.experiments import JOBS
 from theseus.training import checkpoint as ckpt
 from theseus.training.callbacks import Interrupted, StepCallback
+
+PretrainGPT = JOBS["gpt/train/pretrain"]
 
 WANDB = {
     "logging/wandb": True,

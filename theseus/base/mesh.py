@@ -1,10 +1,10 @@
 """Topology: the device mesh, and which parallelism strategy shards what over it.
 
 Every theseus mesh has the axes `("batch", "shard")` (`Axis`): `topology/shard` devices
-split weights (tensor parallelism), the rest split the batch. A strategy does not touch
-model code: it turns the model's `sharding` rules into the rules applied (`strategy_rules`),
-`theseus.base.sharding` turns those into a Keras `LayoutMap`, and training runs under Keras's
-own `DataParallel` or `ModelParallel`.
+split weights (tensor parallelism) or experts (expert parallelism), the rest split the
+batch. A strategy does not touch model code: it turns the model's `sharding` rules into the
+rules applied (`strategy_rules`), `theseus.base.sharding` turns those into a Keras `LayoutMap`,
+and training runs under Keras's own `DataParallel` or `ModelParallel`.
 """
 
 from __future__ import annotations
@@ -28,28 +28,45 @@ class Strategy(str, enum.Enum):
     TP = "tp"  # the model's rules: weights split over `shard`, the batch over `batch`
     FSDP = "fsdp"  # weights and optimizer state also split over `batch` (ZeRO-3)
     FSDP_TP = "fsdp+tp"  # both
+    EP = "ep"  # experts split over `shard` (expert parallelism), other weights replicated
+    FSDP_EP = "fsdp+ep"  # experts over `shard`, and every weight's residual width over `batch`
 
     @property
     def tensor_parallel(self) -> bool:
         return self in (Strategy.TP, Strategy.FSDP_TP)
 
     @property
+    def expert_parallel(self) -> bool:
+        return self in (Strategy.EP, Strategy.FSDP_EP)
+
+    @property
+    def uses_shard_axis(self) -> bool:
+        return self.tensor_parallel or self.expert_parallel
+
+    @property
     def fully_sharded(self) -> bool:
-        return self in (Strategy.FSDP, Strategy.FSDP_TP)
+        return self in (Strategy.FSDP, Strategy.FSDP_TP, Strategy.FSDP_EP)
 
     def __str__(self) -> str:
         return self.value
 
 
-def strategy_rules(strategy: Strategy, model_rules: ShardingRules, fsdp_axis: str) -> ShardingRules:
+def strategy_rules(
+    strategy: Strategy, model_rules: ShardingRules, fsdp_axis: str, expert_axis: str | None = None
+) -> ShardingRules:
     """The rules `strategy` applies. Fully-sharded strategies first split the model's
     `fsdp_axis` (a transformer's residual width: in every matrix, embedding and norm) over
     `batch`, so each device keeps 1/batch of those weights and of their optimizer slots,
-    which follow their variable. Then the model's own rules, whose targets are kept under
-    tensor parallelism and replaced by None (replicate) otherwise, so that what they cover
-    stays covered."""
+    which follow their variable. Expert-parallel strategies split the model's `expert_axis`
+    (the experts of a mixture-of-experts model; None: the model has none) over `shard`.
+    Then the model's own rules, whose targets are kept under tensor parallelism and replaced
+    by None (replicate) otherwise, so that what they cover stays covered."""
     strategy = Strategy(strategy)
     rules: ShardingRules = [(fsdp_axis, Axis.BATCH)] if strategy.fully_sharded else []
+    if strategy.expert_parallel:
+        if expert_axis is None:
+            raise ShardingError("expert parallelism needs a model with experts (a mixture of experts); this has none")
+        rules.append((expert_axis, Axis.SHARD))
     rules += [(logical, target if strategy.tensor_parallel else None) for logical, target in model_rules]
     return rules
 
@@ -59,7 +76,7 @@ class Topology:
     """The `topology:` section of a job: devices, strategy and (multi-host) processes."""
 
     strategy: Strategy = field(
-        "topology/strategy", default=Strategy.DP, help="dp, tp, fsdp or fsdp+tp (docs/sharding.md)"
+        "topology/strategy", default=Strategy.DP, help="dp, tp, fsdp, fsdp+tp, ep or fsdp+ep (docs/sharding.md)"
     )
     shard: int = field(
         "topology/shard",
@@ -110,11 +127,11 @@ class Topology:
             )
         if self.process_id is not None and self.num_processes is not None and self.process_id >= self.num_processes:
             raise ConfigError(f"topology/process_id={self.process_id} must be in [0, {self.num_processes})")
-        if self.strategy.tensor_parallel and self.shard == 1:
+        if self.strategy.uses_shard_axis and self.shard == 1:
             raise ConfigError(
                 f"topology/strategy={self.strategy} splits weights over the shard axis: set topology/shard > 1"
             )
-        if not self.strategy.tensor_parallel and self.shard > 1:
+        if not self.strategy.uses_shard_axis and self.shard > 1:
             raise ConfigError(
                 f"topology/strategy={self.strategy} leaves the shard axis unused: set topology/shard=1, "
                 f"or pick {'fsdp+tp' if self.strategy.fully_sharded else 'tp'}"
@@ -122,7 +139,8 @@ class Topology:
 
     def rules(self, model: Shardable) -> ShardingRules:
         """The rules this topology shards `model` with."""
-        return strategy_rules(self.strategy, model.sharding, model.fsdp_axis)
+        # A model without experts has no `expert_axis` (`theseus.model.models.moe.MoE` has one).
+        return strategy_rules(self.strategy, model.sharding, model.fsdp_axis, getattr(model, "expert_axis", None))
 
     def mesh(self) -> keras.distribution.DeviceMesh:
         """The `(batch, shard)` mesh over the first `devices` devices (JAX only)."""

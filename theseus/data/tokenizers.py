@@ -134,7 +134,8 @@ def join_documents(parts: list[np.ndarray], eos_id: int, dtype) -> np.ndarray:
 
 
 def load_tokenizer(name: str):
-    """`"byte"`, or the path of a folder holding a Hugging Face tokenizer.
+    """`"byte"`, or the path of a folder holding a Hugging Face tokenizer or a keras-hub one
+    (`theseus.data.keras_hub`: a `tokenizer.json` that is a Keras config).
 
     A name that is neither is a ConfigError naming `data/tokenizer`.
     """
@@ -145,7 +146,9 @@ def load_tokenizer(name: str):
         raise ConfigError(
             f"data/tokenizer: unknown tokenizer {name!r}: use 'byte' or a folder with a Hugging Face tokenizer"
         )
+    from theseus.data.keras_hub import KerasHubTokenizer, is_keras_hub_tokenizer
+
     try:
-        return HFTokenizer(path)
+        return KerasHubTokenizer(path) if is_keras_hub_tokenizer(path) else HFTokenizer(path)
     except (FileNotFoundError, ValueError) as error:
         raise ConfigError(f"data/tokenizer: {error}") from None

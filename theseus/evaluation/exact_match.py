@@ -8,6 +8,11 @@ from theseus.evaluation.base import Evaluation, read_jsonl
 from theseus.evaluation.language_model import LanguageModel
 
 
+def matches(generated: str, answer: object) -> bool:
+    """Whether `generated` equals `answer` (as text), surrounding whitespace aside."""
+    return generated.strip() == str(answer).strip()
+
+
 class ExactMatch(Evaluation):
     """Share of `{"prompt": str, "answer": str}` JSONL examples whose greedy continuation,
     cut before the first `until` string and stripped of surrounding whitespace, equals the
@@ -29,7 +34,5 @@ class ExactMatch(Evaluation):
         return lm.generate([row["prompt"] for row in self.rows], self.max_new_tokens, until=self.until)
 
     def __call__(self, lm: LanguageModel) -> dict[str, float]:
-        hits = sum(
-            generated.strip() == str(row["answer"]).strip() for row, generated in zip(self.rows, self.generations(lm))
-        )
+        hits = sum(matches(generated, row["answer"]) for row, generated in zip(self.rows, self.generations(lm)))
         return {"exact_match": hits / len(self.rows), "n": len(self.rows)}

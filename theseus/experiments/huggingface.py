@@ -1,18 +1,19 @@
 """The jobs of the families theseus reads in Hugging Face format, made from one table.
 
-Each family gets the same three jobs, which differ only in the config.json `model_type`
-they accept: `MODEL_TYPE/train/pretrain` (random weights from a config.json),
-`MODEL_TYPE/train/finetune` and `MODEL_TYPE/eval/evaluate` (a checkpoint in the folder).
-A family the model layer can read (`theseus.model.convert`) gets its jobs from one new row.
+Each family gets the same jobs, which differ only in the config.json `model_type` they
+accept: `MODEL_TYPE/train/pretrain` (random weights from a config.json), and
+`MODEL_TYPE/train/finetune`, `train/dpo`, `train/grpo` and `eval/evaluate` (a checkpoint in the
+folder). A family the model layer can read (`theseus.model.convert`) gets its jobs from one new row.
 """
 
 from __future__ import annotations
 
-import types
-
 from theseus.evaluation.huggingface import HFEvaluator
+from theseus.experiments.families import JobKinds, family_jobs
 from theseus.model.huggingface import HFCompat
+from theseus.training.dpo import HFPreferenceTrainer
 from theseus.training.finetune import HFFinetuner
+from theseus.training.grpo import HFGRPOConfig, HFGRPOTrainer
 from theseus.training.huggingface import HFFinetuneConfig, HFTrainer, HFTrainerConfig
 
 HF_FAMILIES: dict[str, str] = {
@@ -21,48 +22,49 @@ HF_FAMILIES: dict[str, str] = {
     "mistral": "Mistral",
     "qwen2": "Qwen2",
     "qwen3": "Qwen3",
+    "mixtral": "Mixtral",
+    "qwen2_moe": "Qwen2-MoE",
+    "qwen3_moe": "Qwen3-MoE",
 }
 """config.json `model_type` -> the family's name in job summaries (`theseus jobs`)."""
 
-JOB_KINDS: dict[str, tuple[str, type, dict[str, object], str]] = {
+JOB_KINDS: JobKinds = {
     "train/pretrain": (
         "Pretrain",
-        HFTrainer[HFCompat],
+        HFTrainer,
         {"CONFIG": HFTrainerConfig},
         "Pretrain a {name} from a Hugging Face config.json: random weights, the folder's tokenizer.",
     ),
     "train/finetune": (
         "Finetune",
-        HFFinetuner[HFCompat],
+        HFFinetuner,
         {"CONFIG": HFFinetuneConfig},
         "Fine-tune a {name} checkpoint in Hugging Face format on chats or text (all weights, some, or LoRA); writes RUN/hf.",
     ),
+    "train/grpo": (
+        "GRPO",
+        HFGRPOTrainer,
+        {"CONFIG": HFGRPOConfig},
+        "GRPO of a {name} checkpoint in Hugging Face format on prompts with verifiable rewards (all weights or LoRA); writes RUN/hf.",
+    ),
+    "train/dpo": (
+        "DPO",
+        HFPreferenceTrainer,
+        {},
+        "DPO (or IPO) of a {name} checkpoint in Hugging Face format on preference pairs (all weights, some, or LoRA); writes RUN/hf.",
+    ),
     "eval/evaluate": (
         "Evaluate",
-        HFEvaluator[HFCompat],
+        HFEvaluator,
         {},
         "Loss and perplexity of a {name} checkpoint in Hugging Face format on held-out text.",
     ),
 }
-"""A job key's `kind/name` -> its class name's prefix, base class, class attributes and docstring."""
-
-
-def family_jobs(model_type: str, name: str) -> dict[str, type]:
-    """`{job key: job class}` for one family: e.g. `llama/train/pretrain` -> `PretrainLlama`."""
-    jobs = {}
-    for kind, (prefix, base, attributes, doc) in JOB_KINDS.items():
-        namespace = {
-            "__doc__": doc.format(name=name),
-            "__module__": __name__,
-            "MODEL": HFCompat,
-            "MODEL_TYPES": (model_type,),
-            **attributes,
-        }
-        class_name = prefix + name.replace("-", "")
-        jobs[f"{model_type}/{kind}"] = types.new_class(class_name, (base,), exec_body=lambda ns: ns.update(namespace))
-    return jobs
+"""The Hugging Face families' kinds of job (`families.JobKinds`), each on a base for `HFCompat`."""
 
 
 HF_JOBS: dict[str, type] = {
-    key: job for model_type, name in HF_FAMILIES.items() for key, job in family_jobs(model_type, name).items()
+    key: job
+    for model_type, name in HF_FAMILIES.items()
+    for key, job in family_jobs(JOB_KINDS, model_type, name, HFCompat, MODEL_TYPES=(model_type,)).items()
 }

@@ -23,8 +23,10 @@ from theseus.data.tokenizers import HFTokenizer
 from theseus.evaluation.evaluator import BaseEvaluator
 from theseus.evaluation.language_model import LanguageModel
 from theseus.experiments import runs
+from theseus.experiments.keras_hub import tokenizer_folder
 from theseus.model.convert.peft import ADAPTER_CONFIG
 from theseus.model.huggingface import HFCheckpoint, HFCompat
+from theseus.model.keras_hub import PRESET_KEY
 from theseus.model.models.causal_lm import as_causal_lm
 from theseus.training import checkpoint as ckpt
 
@@ -127,8 +129,11 @@ def _run_model(job_class: type, values: dict[str, Any]) -> Any:
 
 
 def _run_tokenizer(values: dict[str, Any], run_dir: Path) -> Any:
+    name = values["data/tokenizer"]
     try:
-        return load_tokenizer(values["data/tokenizer"])
+        if PRESET_KEY in values:  # a keras-hub run: `auto` is its preset's tokenizer, as its job read it
+            name = tokenizer_folder(name, values[PRESET_KEY])
+        return load_tokenizer(name)
     except (ValueError, FileNotFoundError) as error:
         raise ConfigError(f"data/tokenizer of {run_dir}: {error}") from None
 

@@ -18,6 +18,7 @@ class Axes(str, Enum):
     N_ATTN = "n_attn"  # query heads * head_dim (fused or not)
     N_KV = "n_kv"  # key/value heads * head_dim (smaller than N_ATTN under GQA)
     N_LAYER = "n_layer"  # stacked-layer dimension, for models that scan over layers
+    EXPERT = "expert"  # the experts of a mixture-of-experts layer (stacked expert kernels)
 
     def __str__(self) -> str:
         return self.value
@@ -31,6 +32,9 @@ TENSOR_PARALLEL: list[tuple[str, Axis | None]] = [
     (Axes.N_EMBD_OUT.value, Axis.SHARD),
     (Axes.N_ATTN.value, Axis.SHARD),
     (Axes.N_KV.value, Axis.SHARD),
+    (Axes.EXPERT.value, None),
 ]
 """Megatron-style tensor parallelism, the default rules of every causal LM: attention heads
-and the MLP hidden width split over `shard`, embeddings and the residual width replicated."""
+and the MLP hidden width split over `shard`, embeddings, the residual width and the experts
+replicated (each expert's hidden width is split like a dense MLP's); expert parallelism, which
+splits the experts, is a strategy (`theseus.base.mesh.Strategy.EP`)."""

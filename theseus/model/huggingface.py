@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import numpy as np
 from keras.src.backend.common.stateless_scope import in_stateless_scope
 
 from theseus.config import ConfigError, field
-from theseus.model.convert import family_of, model_kwargs
+from theseus.model.convert import HFTensor, family_of, model_kwargs
 from theseus.model.convert.checkpoint import (
     AUTO,
     KEY,
@@ -131,12 +132,12 @@ class HFCompat(CausalLM):
             axes = tensor.part_axes(self.axes(tensor.name))
             for part in tensor.parts:
                 variable = variables[part]
-                if tuple(variable.shape) != tensor.part_shape():
+                if not tensor.fits(variable.shape):
                     raise ConfigError(
                         f"'{tensor.name}' fills {variable.path} {tuple(variable.shape)} with {tensor.part_shape()}"
                     )
-                if axes is not None:
-                    variable.logical_axes = axes
+                if axes is not None:  # a stacked weight keeps the axis of its entries
+                    variable.logical_axes = axes if tensor.index is None else (variable.logical_axes[0], *axes)
                 filled.add(part)
         unfilled = sorted(set(variables) - filled)
         if unfilled:
@@ -154,6 +155,11 @@ class HFCompat(CausalLM):
     @property
     def vocab_size(self) -> int:
         return self.architecture.vocab_size
+
+    @property
+    def expert_axis(self) -> str | None:
+        """The architecture's experts' logical axis (a `MoE`'s), for expert parallelism; else None."""
+        return getattr(self.architecture, "expert_axis", None)
 
     @property
     def block_size(self) -> int:
@@ -223,9 +229,7 @@ def save_hf(
     )
     tensors = {tensor.name: tensor for tensor in family.tensors(kwargs)}
 
-    def array(name: str) -> np.ndarray:  # gathered from the devices tensor by tensor
-        return tensors[name].to_hf([keras.ops.convert_to_numpy(variables[p].value) for p in tensors[name].parts])
-
+    array = _arrays(tensors, variables)
     with _written_in_place_of(folder) as temporary:
         write_shards(
             temporary, [(t.name, t.shape) for t in tensors.values()], array, numpy_dtype(dtype), max_shard_size
@@ -235,6 +239,13 @@ def save_hf(
         if source is not None and (source.folder / "generation_config.json").is_file():
             shutil.copy2(source.folder / "generation_config.json", temporary)
     return folder
+
+
+def _arrays(tensors: dict[str, HFTensor], variables: dict[str, keras.Variable]) -> Callable[[str], np.ndarray]:
+    """`name -> array` of each checkpoint tensor, gathered from the devices tensor by tensor (a
+    stacked weight once for all its entries, the experts of a MoE layer, which follow one another)."""
+    gathered = functools.lru_cache(maxsize=1)(lambda path: keras.ops.convert_to_numpy(variables[path].value))
+    return lambda name: tensors[name].to_hf([gathered(part) for part in tensors[name].parts])
 
 
 def save_peft(

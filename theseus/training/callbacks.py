@@ -260,7 +260,13 @@ class Validation(StepCallback):
         result = _reset_metrics_keeping(model, lambda: model.evaluate(self.data, verbose=0, return_dict=True))
         loss = float(result["loss"])
         self.last = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+        self.last.update({f"val_{k}": float(v) for k, v in result.items() if k != "loss"})  # compiled metrics
         logs.update(self.last)
+
+
+def compiled_metrics(model: keras.Model) -> list[str]:
+    """The names of the metrics `model` was compiled with (`compile(metrics=[...])`, e.g. DPO's rewards)."""
+    return [metric.name for tracker in model.metrics for metric in getattr(tracker, "metrics", ())]
 
 
 class MetricsLogger(StepCallback):
@@ -269,7 +275,8 @@ class MetricsLogger(StepCallback):
     Training rows (every `interval` steps) hold `loss` (the mean over the steps since the
     last row: the loss tracker is reset after each row), `lr`, the optimizer's `grad_norm`
     and `update_norm` (when it tracks them, see `theseus.training.norms`), `tokens_per_sec`
-    and `mfu`; validation rows add `val_loss` and `val_ppl`. `loss_state`, the tracker's
+    and `mfu`, and the model's compiled metrics (`compiled_metrics`; e.g. DPO's `reward_accuracy`);
+    validation rows add `val_loss`, `val_ppl` and `val_` + each compiled metric. `loss_state`, the tracker's
     sums saved in a checkpoint, is put back when a resumed `fit` begins, so the first row
     after a resume averages the same steps as in an uninterrupted run.
     """
@@ -299,14 +306,16 @@ class MetricsLogger(StepCallback):
         row: dict[str, Any] = {}
         if step % self.interval == 0 or self.is_last(step):
             row["loss"] = float(logs["loss"])
-            row.update({k: float(logs[k]) for k in ("lr", "tokens_per_sec", "mfu") if k in logs})
+            row.update(
+                {k: float(logs[k]) for k in ("lr", "tokens_per_sec", "mfu", *compiled_metrics(self.model)) if k in logs}
+            )
             optimizer = self.model.optimizer
             if isinstance(optimizer, NormTracking):
                 row["grad_norm"] = float(keras.ops.convert_to_numpy(optimizer.gradient_norm.value))
                 row["update_norm"] = float(keras.ops.convert_to_numpy(optimizer.update_norm.value))
             if not self.is_last(step):  # the next row's loss covers only its own steps
                 self.model.reset_metrics()
-        row.update({k: float(logs[k]) for k in ("val_loss", "val_ppl") if k in logs})
+        row.update({k: float(v) for k, v in logs.items() if k.startswith("val_")})  # val_loss, val_ppl, val_<metric>
         if row:
             self.write({"step": step, "tokens": step * self.tokens_per_step, **row})
 

@@ -5,7 +5,9 @@ on theseus's `Dense` projections whose path matches one of `lora/targets` (regul
 expressions searched in paths such as `gpt/block_0/attn/query`): the kernel freezes and
 two adapters, A `(in, rank)` and B `(rank, out)`, learn `alpha / rank * A @ B`. Every
 other weight is frozen too, unless `finetune/trainable` or `finetune/train_last_blocks`
-names it. `merge_lora` folds the adapters into the kernels for export; `adapters` reads them
+names it. A model that brings its own layers names them instead (`lora_projections()`: a
+keras-hub backbone's Keras `Dense` / `EinsumDense`, with Keras's `enable_lora(rank, lora_alpha)`).
+`merge_lora` folds the adapters into the kernels for export; `adapters` reads them
 out first, for the PEFT adapter a LoRA fine-tune writes beside its merged export.
 
 A run that trains a small part of its model checkpoints that part alone
@@ -64,14 +66,23 @@ class FreezeConfig:
     )
 
 
+def kernel(layer: Dense) -> keras.Variable:
+    """A projection's kernel variable (a Keras layer with adapters computes `kernel`: its variable is `_kernel`)."""
+    return layer.kernel if isinstance(layer, Dense) else layer._kernel
+
+
 def layer_path(layer: Dense) -> str:
     """A projection's path, e.g. `gpt/block_0/attn/query` (its kernel's, less the name)."""
-    return layer.kernel.path.rsplit("/", 1)[0]
+    return kernel(layer).path.rsplit("/", 1)[0]
 
 
 def projections(model: keras.Layer) -> list[Dense]:
-    """Every built `Dense` projection inside `model`, in layer order."""
-    return [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, Dense) and layer.built]
+    """Every built `Dense` projection inside `model` that may carry adapters, in layer order; a model
+    that brings its own layers names them (`lora_projections()`: keras-hub's Keras `Dense`, `EinsumDense`)."""
+    if hasattr(model, "lora_projections"):
+        return model.lora_projections()
+    layers = model._flatten_layers(include_self=False)
+    return [layer for layer in layers if isinstance(layer, Dense) and layer.adaptable and layer.built]
 
 
 def _searcher(patterns: Sequence[str], key: str):
@@ -98,7 +109,10 @@ def enable_lora(model: keras.Layer, rank: int, alpha: float, targets: Sequence[s
     for variable in model.weights:
         variable.trainable = False
     for layer in chosen:
-        layer.enable_lora(rank, alpha)
+        if isinstance(layer, Dense):
+            layer.enable_lora(rank, alpha)
+        else:  # a model that brings its own layers adapts them (`KerasHubLM.enable_projection_lora`)
+            model.enable_projection_lora(layer, rank, alpha)
     return chosen
 
 
@@ -122,7 +136,7 @@ def adapters(model: keras.Layer, base: str | None = None) -> Adapters:
     layers = lora_layers(model)
     with multihost.gathered([v for layer in layers for v in (layer.lora_kernel_a, layer.lora_kernel_b)]):
         weights = {
-            layer.kernel.path: tuple(
+            kernel(layer).path: tuple(
                 keras.ops.convert_to_numpy(v.value) for v in (layer.lora_kernel_a, layer.lora_kernel_b)
             )
             for layer in layers
@@ -134,7 +148,10 @@ def merge_lora(model: keras.Layer) -> int:
     """Fold every adapter of `model` into its kernel (the model then has none); how many."""
     layers = lora_layers(model)
     for layer in layers:
-        layer.merge_lora()
+        if isinstance(layer, Dense):
+            layer.merge_lora()
+        else:  # a model that brings its own layers merges them (`KerasHubLM.merge_projection`)
+            model.merge_projection(layer)
     return len(layers)
 
 

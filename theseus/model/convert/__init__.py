@@ -14,8 +14,11 @@ from theseus.config import ConfigError, fields_of
 from theseus.model.convert.base import Family, HFTensor
 from theseus.model.convert.gpt2 import GPT2
 from theseus.model.convert.llama import LLAMA, MISTRAL, QWEN2, QWEN3
+from theseus.model.convert.moe import MIXTRAL, QWEN2_MOE, QWEN3_MOE
 
-FAMILIES: dict[str, Family] = {family.model_type: family for family in (GPT2, LLAMA, MISTRAL, QWEN2, QWEN3)}
+FAMILIES: dict[str, Family] = {
+    family.model_type: family for family in (GPT2, LLAMA, MISTRAL, QWEN2, QWEN3, MIXTRAL, QWEN2_MOE, QWEN3_MOE)
+}
 
 
 def model_kwargs(model: Any) -> dict:
@@ -24,10 +27,12 @@ def model_kwargs(model: Any) -> dict:
 
 
 def family_of(model: Any) -> Family:
-    """The first family that can express `model` (a `GPT` or `Llama`), or a ConfigError."""
+    """The first family that can express `model` (a `GPT`, `Llama` or `MoE`), or a ConfigError."""
     reasons = []
-    for family in FAMILIES.values():
-        if not isinstance(model, family.model):
+    # the families of the most derived class only: a MoE is a Llama, but a llama checkpoint has no experts
+    ours = [f for f in FAMILIES.values() if isinstance(model, f.model)]
+    for family in ours:
+        if any(other.model is not family.model and issubclass(other.model, family.model) for other in ours):
             continue
         try:
             family.to_hf(model_kwargs(model))

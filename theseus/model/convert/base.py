@@ -25,6 +25,8 @@ class HFTensor:
             several when Hugging Face fuses what theseus keeps apart (GPT-2's `c_attn`).
         transpose: stored `(out, in)` as `torch.nn.Linear` keeps it; theseus kernels are `(in, out)`.
         split_axis: the axis a fused tensor is cut along into equal `parts`.
+        index: the entry of each part's leading axis this tensor is, where the checkpoint keeps
+            one tensor per entry and theseus stacks them (a MoE layer's experts); None: the whole part.
     """
 
     name: str
@@ -32,6 +34,13 @@ class HFTensor:
     parts: tuple[str, ...]
     transpose: bool = False
     split_axis: int = 0
+    index: int | None = None
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        """Whether a theseus weight of `shape` takes this tensor (as its entry `index` if stacked)."""
+        if self.index is None:
+            return tuple(shape) == self.part_shape()
+        return len(shape) > 1 and self.index < shape[0] and tuple(shape[1:]) == self.part_shape()
 
     def part_shape(self) -> tuple[int, ...]:
         shape = list(self.shape)
@@ -51,6 +60,8 @@ class HFTensor:
         return [p.T if self.transpose else p for p in parts]
 
     def to_hf(self, parts: list[np.ndarray]) -> np.ndarray:
+        """This tensor from the whole theseus weights it fills (their entry `index` if stacked)."""
+        parts = [p if self.index is None else p[self.index] for p in parts]
         parts = [p.T if self.transpose else p for p in parts]
         return np.concatenate(parts, axis=self.split_axis) if len(parts) > 1 else np.ascontiguousarray(parts[0])
 

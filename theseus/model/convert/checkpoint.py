@@ -199,7 +199,8 @@ class HFCheckpoint:
 
     def load(self, plan: list[tuple[Path, str, HFTensor]], variables: dict[str, keras.Variable]) -> None:
         """Stream the tensors of `plan` into `variables` (by theseus path below the model),
-        one at a time, file by file."""
+        one at a time, file by file (a stacked weight once all its entries are read)."""
+        stacks: dict[str, tuple[np.ndarray, set[int]]] = {}
         for path in self.files:
             with SafetensorsFile(path) as reader:
                 for file, key, tensor in plan:
@@ -209,7 +210,12 @@ class HFCheckpoint:
                     if self.adapter is not None:  # a PEFT adapter's update, added as stored
                         array = self.adapter.merged(tensor.name, array)
                     for part, value in zip(tensor.parts, tensor.to_theseus(array)):
-                        _fill(variables[part], value)
+                        if tensor.index is None:
+                            _fill(variables[part], value)
+                        else:
+                            _fill_entry(stacks, variables[part], tensor.index, value)
+        for name, (_, missing) in stacks.items():
+            raise ConfigError(f"{self.folder}: no checkpoint tensor fills entry {min(missing)} of {name}")
 
     def tokenizer_files(self) -> list[Path]:
         return tokenizer_files(self.folder)
@@ -246,6 +252,18 @@ def _fill(variable: keras.Variable, value: np.ndarray) -> None:
         variable._initialize(variable._convert_to_tensor(value, dtype=variable.dtype))
     else:
         variable.assign(value)
+
+
+def _fill_entry(stacks: dict, variable: keras.Variable, index: int, value: np.ndarray) -> None:
+    """Put `value` at entry `index` of the stacked `variable`'s host copy in `stacks`; set the
+    variable from it once every entry is there (`load` refuses a stack left incomplete)."""
+    if variable.path not in stacks:
+        stacks[variable.path] = np.empty((variable.shape[0], *value.shape), value.dtype), set(range(variable.shape[0]))
+    stack, missing = stacks[variable.path]
+    stack[index] = value
+    missing.discard(index)
+    if not missing:
+        _fill(variable, stacks.pop(variable.path)[0])
 
 
 def open_checkpoint(model_id: str, model_types: tuple[str, ...] = (), job: str = "this job") -> HFCheckpoint:

@@ -3,6 +3,7 @@
 from theseus.model.layers.attention import CausalSelfAttention
 from theseus.model.layers.dense import Dense, Embedding
 from theseus.model.layers.mlp import MLP, GatedMLP
+from theseus.model.layers.moe import MoEMLP
 from theseus.model.layers.norms import LayerNorm, RMSNorm
 from theseus.model.layers.rotary import apply_rotary, rotary_tables
 
@@ -13,6 +14,7 @@ __all__ = [
     "GatedMLP",
     "LayerNorm",
     "MLP",
+    "MoEMLP",
     "RMSNorm",
     "apply_rotary",
     "rotary_tables",

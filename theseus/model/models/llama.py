@@ -108,6 +108,8 @@ class Llama(DecoderLM):
         help="attend to at most this many recent tokens (Mistral); null = all",
     )
 
+    block_class: type[LlamaBlock] = LlamaBlock
+
     def __init__(self, name: str = "llama", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         if self.head_dim is None and self.n_embd % self.n_head:
@@ -122,19 +124,21 @@ class Llama(DecoderLM):
         self.wte = Embedding(
             self.vocab_size, self.n_embd, initializer=keras.initializers.RandomNormal(stddev=0.02), name="wte"
         )
-        self.blocks = [
-            LlamaBlock(
-                self.n_head,
-                self.n_kv_head,
-                self.head_dim,
-                self.n_embd_ff,
-                self.norm_eps,
-                self.qkv_bias,
-                self.out_bias,
-                self.mlp_bias,
-                self.qk_norm,
-                name=f"block_{i}",
-            )
-            for i in range(self.n_layer)
-        ]
+        self.blocks = [self.make_block(i) for i in range(self.n_layer)]
         self.ln_f = RMSNorm(self.norm_eps, name="ln_f")
+
+    def make_block(self, index: int, **kwargs: Any) -> LlamaBlock:
+        """Block `index`, a `block_class`; a variant (`moe.py`) passes its own `kwargs`."""
+        return self.block_class(
+            self.n_head,
+            self.n_kv_head,
+            self.head_dim,
+            self.n_embd_ff,
+            self.norm_eps,
+            self.qkv_bias,
+            self.out_bias,
+            self.mlp_bias,
+            self.qk_norm,
+            name=f"block_{index}",
+            **kwargs,
+        )
