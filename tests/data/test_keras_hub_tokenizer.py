@@ -38,6 +38,8 @@ def test_load_tokenizer_reads_a_keras_hub_tokenizer_folder_with_keras_hub_s_ids(
         == tokenizer.encode("The import").tolist()
     )
     assert tokenizer.decode(tokenizer.encode("The with statement")) == "The with statement"
+    past = [tokenizer.vocab_size, tokenizer.vocab_size + 7]  # a padded model vocabulary's ids: no text
+    assert tokenizer.decode([*tokenizer.encode("The with"), *past]) == "The with" and tokenizer.decode(past) == ""
     assert KerasHubTokenizer(opt_folder).fingerprint == tokenizer.fingerprint
 
 

@@ -85,6 +85,7 @@ def test_gemma_placements_equal_keras_hub_s_own_layout_map_but_for_the_vocabular
     assert compared == 8  # the embedding, q, k, v, output, two gates and the down projection
 
 
+@needs_jax()
 def test_a_weight_the_table_does_not_cover_is_named_under_strict():
     topology = Topology(strategy="tp", shard=2, devices=8, strict=True)
     mixtral = "num_query_heads: 2, num_key_value_heads: 2, num_experts: 2"

@@ -84,7 +84,10 @@ class KerasHubTokenizer:
         return join_documents(self.encode_batch(list(documents)), self.eos_id, self.dtype)
 
     def decode(self, ids: Iterable[int]) -> str:
-        ids = [int(i) for i in ids]
+        """The text of `ids`; an id past the tokenizer's vocabulary (a model's vocabulary is often
+        padded beyond it, and an untrained one samples there) has none, as with Hugging Face's
+        tokenizers, where keras-hub's own detokenizers would fail on it."""
+        ids = [int(i) for i in ids if 0 <= int(i) < self.vocab_size]
         if not ids:
             return ""
         text = self.tokenizer.detokenize(np.asarray(ids, dtype="int32"))
