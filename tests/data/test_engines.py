@@ -10,6 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import ray  # the test extra's: never skipped
 
 from theseus.config import ConfigError, parse_overrides
 from theseus.data import Source, TokenShards, embedded_corpus, load_tokenizer, tokenize_to_shards
@@ -17,8 +18,6 @@ from theseus.data.engines import _chunks, chunk_sizes
 from theseus.data.shards import METADATA, PROGRESS
 from theseus.experiments import runs
 from theseus.experiments.data import Tokenize
-
-ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
