@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 VOCAB = 320  # the tokenizer below has 300 tokens (256 bytes, a special, merges): its ids all fit
+LENGTH = 12  # the parity tests' sequence length
 
 # One configuration per family, each exercising what sets it apart.
 CONFIGS = {
@@ -157,3 +158,30 @@ def save_checkpoint(folder: Path, family: str, *, seed: int = 0, with_tokenizer:
     if with_tokenizer:
         tokenizer(folder)
     return Path(folder)
+
+
+def token_batch():
+    """Three rows: full, left-padded by 4 and right-padded by 3 (mask true on real tokens)."""
+    import numpy as np
+
+    ids = np.random.default_rng(0).integers(0, VOCAB, (3, LENGTH)).astype("int32")
+    mask = np.ones((3, LENGTH), bool)
+    mask[1, :4] = False
+    mask[2, -3:] = False
+    return ids, mask
+
+
+def reference_logits(model, ids, mask=None):
+    """`transformers` logits; with a mask, positions count real tokens (as when a row runs alone)."""
+    import numpy as np
+    import torch
+
+    with torch.no_grad():
+        if mask is None:
+            return model(torch.tensor(ids, dtype=torch.long)).logits.numpy()
+        positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+        return model(
+            torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+            position_ids=torch.tensor(positions, dtype=torch.long),
+        ).logits.numpy()

@@ -4,9 +4,9 @@ them all, each holds 1/shard of their bytes) and trains to the losses of one dev
 import json
 import math
 
-import keras
 import numpy as np
 import pytest
+from support import needs_jax
 
 from theseus.base.mesh import check_placement
 from theseus.config import ConfigError
@@ -16,7 +16,7 @@ PretrainGPT = JOBS["gpt/train/pretrain"]
 PretrainMoE = JOBS["moe/train/pretrain"]
 EvaluateMoE = JOBS["moe/eval/evaluate"]
 
-pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution shards on JAX only")
+pytestmark = needs_jax()
 
 TINY = {
     "architecture/n_layer": 1,

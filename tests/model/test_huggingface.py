@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 import torch
-from hf_checkpoints import FAMILIES, VOCAB, hf_model, save_checkpoint
+from hf_checkpoints import FAMILIES, VOCAB, hf_model, reference_logits, save_checkpoint, token_batch
 from safetensors.numpy import save_file
 from safetensors.torch import load_file
 from support import needs_jax
@@ -24,7 +24,6 @@ from theseus.model.axes import Axes
 from theseus.model.huggingface import HFCompat, LogicalAxes, save_hf
 from theseus.model.models import GPT, Llama
 
-LENGTH = 12
 TESTS = Path(__file__).resolve().parents[1]
 
 
@@ -32,28 +31,6 @@ TESTS = Path(__file__).resolve().parents[1]
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf")
     return {family: save_checkpoint(root / family, family) for family in FAMILIES}
-
-
-def token_batch():
-    """Three rows: full, left-padded by 4 and right-padded by 3 (mask true on real tokens)."""
-    ids = np.random.default_rng(0).integers(0, VOCAB, (3, LENGTH)).astype("int32")
-    mask = np.ones((3, LENGTH), bool)
-    mask[1, :4] = False
-    mask[2, -3:] = False
-    return ids, mask
-
-
-def reference_logits(model, ids, mask=None):
-    """`transformers` logits; with a mask, positions count real tokens (as when a row runs alone)."""
-    with torch.no_grad():
-        if mask is None:
-            return model(torch.tensor(ids, dtype=torch.long)).logits.numpy()
-        positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-        return model(
-            torch.tensor(ids, dtype=torch.long),
-            attention_mask=torch.tensor(mask, dtype=torch.long),
-            position_ids=torch.tensor(positions, dtype=torch.long),
-        ).logits.numpy()
 
 
 def logits(model, ids, mask=None):

@@ -9,11 +9,10 @@ import signal
 import sys
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 from hf_checkpoints import save_checkpoint, tokenizer
-from support import run_command
+from support import needs_jax, run_command
 from test_checkpoint import weights_file
 
 from theseus.config import ConfigError
@@ -206,7 +205,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(task, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution shards on JAX only")
+@needs_jax()
 def test_fsdp_over_eight_devices_equals_one_device(task, tmp_path):
     """Three steps of DPO on one device and sharded fsdp over eight: the same training losses
     and held-out loss within 1e-4 (relative), float32 reductions in another order."""

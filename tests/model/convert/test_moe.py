@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from hf_checkpoints import MOE_FAMILIES, VOCAB, hf_model, save_checkpoint
+from hf_checkpoints import MOE_FAMILIES, VOCAB, hf_model, reference_logits, save_checkpoint, token_batch
 from safetensors.numpy import save_file
 from safetensors.torch import load_file
 from support import needs_jax
@@ -24,7 +24,6 @@ from theseus.model.axes import Axes
 from theseus.model.huggingface import HFCompat, save_hf
 from theseus.model.models import MoE
 
-LENGTH = 12
 PROMPTS = [[17, 250, 3, 99, 42, 7, 130], [5, 300], [64, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]
 STORED = {  # how transformers 5 writes layer 0's experts: one tensor per expert and projection
     "mixtral": "model.layers.0.block_sparse_moe.experts.3.w2.weight",
@@ -37,25 +36,6 @@ STORED = {  # how transformers 5 writes layer 0's experts: one tensor per expert
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("moe")
     return {family: save_checkpoint(root / family, family) for family in MOE_FAMILIES}
-
-
-def token_batch():
-    """Three rows: full, left-padded by 4 and right-padded by 3 (mask true on real tokens)."""
-    ids = np.random.default_rng(0).integers(0, VOCAB, (3, LENGTH)).astype("int32")
-    mask = np.ones((3, LENGTH), bool)
-    mask[1, :4] = False
-    mask[2, -3:] = False
-    return ids, mask
-
-
-def reference_logits(model, ids, mask=None):
-    """`transformers` logits; with a mask, positions count real tokens (as when a row runs alone)."""
-    extra = {}
-    if mask is not None:
-        positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-        extra = dict(attention_mask=torch.tensor(mask).long(), position_ids=torch.tensor(positions).long())
-    with torch.no_grad():
-        return model(torch.tensor(ids).long(), **extra).logits.numpy()
 
 
 def logits(model, ids, mask=None):
