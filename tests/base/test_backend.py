@@ -23,7 +23,53 @@ def test_flag_is_recorded_as_the_override_and_an_override_beats_the_config_file(
     overrides = {}
     assert backend.chosen("torch", overrides, str(config)) == "torch"
     assert overrides == {"topology/backend": "torch"}  # so the run's config.yaml records it
-    assert backend.chosen(None, {}, None) is None
+    assert backend.chosen(None, {}, None) == keras.backend.backend()  # auto, once Keras runs: the running one
+
+
+@pytest.fixture
+def unchosen(monkeypatch):
+    """A process where neither Keras nor the user has picked a backend yet, on a machine with no accelerator."""
+    import theseus
+
+    monkeypatch.setattr(theseus, "KERAS_BACKEND_GIVEN", False)
+    monkeypatch.setattr(backend, "_running", lambda: None)
+    monkeypatch.setattr(backend, "ACCELERATOR_DEVICES", ())
+    for name in [name for name in os.environ if name.startswith("KERAS_DISTRIBUTION_")] + ["XLA_FLAGS"]:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_auto_runs_one_cpu_process_on_torch_and_everything_else_on_jax(unchosen, tmp_path):
+    assert backend.chosen(None, {}, None) == "torch"
+    assert backend.chosen(None, {"topology/backend": "auto", "topology/strategy": "dp"}, None) == "torch"
+    config = tmp_path / "run.yaml"
+    config.write_text("job: gpt/train/pretrain\ntopology:\n  backend: auto\n  strategy: fsdp\n")
+    assert backend.chosen(None, {}, str(config)) == "jax"  # a mesh
+    assert backend.chosen(None, {"topology/strategy": "dp"}, str(config)) == "torch"  # an override beats the file
+    assert backend.chosen(None, {"topology/devices": 8}, None) == "jax"
+    assert backend.chosen(None, {"topology/num_processes": 2}, None) == "jax"
+    assert backend.chosen(None, {"topology/coordinator": "127.0.0.1:1234"}, None) == "jax"
+    assert backend.chosen("tensorflow", {}, None) == "tensorflow"  # a choice is kept
+    unchosen.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
+    assert backend.chosen(None, {}, None) == "jax"
+    unchosen.delenv("KERAS_DISTRIBUTION_NUM_PROCESSES")
+    unchosen.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")  # simulating a mesh
+    assert backend.chosen(None, {}, None) == "jax"
+    unchosen.delenv("XLA_FLAGS")
+    (tmp_path / "nvidia0").touch()
+    unchosen.setattr(backend, "ACCELERATOR_DEVICES", (str(tmp_path / "nvidia[0-9]*"),))
+    assert backend.chosen(None, {}, None) == "jax"
+
+
+def test_auto_keeps_a_backend_the_environment_names_or_jax_without_torch(unchosen):
+    import theseus
+
+    unchosen.setattr(theseus, "KERAS_BACKEND_GIVEN", True)
+    unchosen.setenv("KERAS_BACKEND", "tensorflow")
+    assert backend.chosen(None, {}, None) == "tensorflow"
+    unchosen.setattr(theseus, "KERAS_BACKEND_GIVEN", False)
+    unchosen.setattr(backend.importlib.util, "find_spec", lambda name: None)
+    assert backend.chosen(None, {}, None) == "jax"
 
 
 def test_too_late_to_switch_is_a_clear_error(tmp_path):

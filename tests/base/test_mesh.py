@@ -92,7 +92,7 @@ def test_topology_is_a_config_section_defaulting_to_data_parallel_on_every_devic
         "topology/num_processes": None,
         "topology/process_id": None,
         "topology/peer_timeout": 180,
-        "topology/backend": None,
+        "topology/backend": "auto",
     }
     assert "strategy: dp  # dp, tp, fsdp, fsdp+tp, ep or fsdp+ep" in runs.config_text(
         "gpt/train/pretrain", fields, defaults

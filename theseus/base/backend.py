@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import importlib.abc
 import importlib.util
 import logging
@@ -32,37 +33,84 @@ jobs never uses (its IPython file editor, the scikit-learn wrappers, DataFrame i
 legacy .h5 files, the Hub, `RemoteMonitor`): about 80% of `theseus jobs`'s time (`benchmarks/cli_time.py`)."""
 
 
+AUTO = "auto"
+
+ACCELERATOR_DEVICES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/accel[0-9]*", "/dev/vfio/[0-9]*")
+"""Device files of GPUs (NVIDIA, AMD) and TPUs: where one exists, `auto` leaves the run on JAX."""
+
+
 @dataclasses.dataclass
 class Backend:
     """The `topology/backend` key, which every job has (`theseus.experiments.runs.table` adds it)."""
 
     backend: str | None = field(
-        KEY, default=None, help="Keras backend: jax, tensorflow or torch; null = env KERAS_BACKEND, else jax"
+        KEY,
+        default=AUTO,
+        help="Keras backend: jax, tensorflow, torch, or auto (null): env KERAS_BACKEND when set, else torch "
+        "for a one-process CPU run without a mesh (the fastest there: benchmarks/README.md), else jax",
     )
 
     def __post_init__(self) -> None:
-        if self.backend is not None:
+        if self.backend not in (None, AUTO):
             check(self.backend)
 
 
-def chosen(flag: str | None, overrides: dict[str, Any], config_path: str | None = None) -> str | None:
+def chosen(
+    flag: str | None, overrides: dict[str, Any], config_path: str | None = None, pick: bool = True
+) -> str | None:
     """The backend a command line asks for, with `--backend` folded into `overrides` as the
     `topology/backend` override it is (so the run's config records it); an override wins
-    over the config file."""
+    over the config file, and `auto` (or no choice) is `automatic`'s pick, or None without `pick`
+    (for commands that only read job classes, which any backend serves)."""
     if flag is not None:
         if overrides.get(KEY, flag) != flag:
             raise ConfigError(f"--backend {flag} contradicts the override {KEY}={overrides[KEY]}")
         overrides[KEY] = flag
-    if KEY in overrides:
-        return overrides[KEY]
-    if config_path is not None and os.path.isfile(config_path):
-        return load_yaml(config_path).get(KEY)
-    return None
+    settings = load_yaml(config_path) if config_path is not None and os.path.isfile(config_path) else {}
+    settings = {**settings, **overrides}
+    name = settings.get(KEY)
+    if name not in (None, AUTO):
+        return name
+    return automatic(settings) if pick else None
+
+
+def automatic(settings: dict[str, Any]) -> str:
+    """The backend `auto` runs a job with these `topology/...` settings on: the one Keras already
+    runs, or else KERAS_BACKEND when the user set it; else torch for one process on a CPU with no
+    mesh, where PyTorch's eager kernels beat XLA's CPU code at the sizes a CPU trains
+    (`benchmarks/README.md`); else JAX, the backend that shards over meshes, spans processes
+    and compiles for accelerators."""
+    import theseus
+
+    if _running() is not None:
+        return _running()
+    if theseus.KERAS_BACKEND_GIVEN:
+        return os.environ["KERAS_BACKEND"]
+    return "torch" if _one_cpu_process(settings) and importlib.util.find_spec("torch") else "jax"
+
+
+def _one_cpu_process(settings: dict[str, Any]) -> bool:
+    """No mesh, no other process and no accelerator: a run that only one device could serve."""
+    mesh = str(settings.get("topology/strategy", "dp")) != "dp" or _count(settings.get("topology/devices")) > 1
+    processes = bool(settings.get("topology/coordinator")) or _count(settings.get("topology/num_processes")) > 1
+    processes = processes or any(name.startswith("KERAS_DISTRIBUTION_") for name in os.environ)
+    virtual_devices = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    accelerator = any(glob.glob(pattern) for pattern in ACCELERATOR_DEVICES)
+    return not (mesh or processes or virtual_devices or accelerator)
+
+
+def _count(value: Any) -> int:
+    """A device or process count as the config gives it; 0 for none (a wrong one is reported later, by the job)."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def select(name: str | None, verbose: bool = False) -> None:
-    """Make `name` Keras's backend (None: keep `KERAS_BACKEND`, or jax), and keep the backends'
-    start-up lines off stderr unless `verbose` (`quiet`); call before Keras loads."""
+    """Make `name` Keras's backend (None: keep `KERAS_BACKEND`, which `import theseus` defaults to
+    jax), and keep the backends' start-up lines off stderr unless `verbose` (`quiet`); call before
+    Keras loads."""
     if name is not None:
         check(name)  # a known, installed backend, and not too late to pick it
         os.environ["KERAS_BACKEND"] = name
@@ -116,6 +164,28 @@ def _exec_quietly(exec_module, module) -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def set_random_seed(seed: int) -> None:
+    """`keras.utils.set_random_seed` (Python's, NumPy's, Keras's and torch's generators), seeding
+    TensorFlow only where it is the backend or already loaded.
+
+    Keras imports TensorFlow to seed it whenever it is installed: on JAX or torch that costs a run
+    seconds at start and more at its exit (TensorFlow's threads wind down), for a framework the run
+    never uses; theseus's data pipeline draws no TensorFlow random numbers. Keras decides by its lazy
+    module's `available`, which is answered `False` for the call.
+    """
+    import keras
+    from keras.src.utils.module_utils import tensorflow
+
+    unused = "tensorflow" not in sys.modules and keras.backend.backend() != "tensorflow"
+    if not unused or tensorflow._available is not None:
+        return keras.utils.set_random_seed(seed)
+    tensorflow._available = False
+    try:
+        keras.utils.set_random_seed(seed)
+    finally:
+        tensorflow._available = None  # still importable later, by whatever needs it
 
 
 def import_keras_lean() -> None:
