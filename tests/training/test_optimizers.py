@@ -133,7 +133,7 @@ def test_masked_optimizer_serialization_round_trip():
     config = json.loads(json.dumps(keras.saving.serialize_keras_object(optimizer)))
     assert config["registered_name"] == "theseus>MaskedAdamW"
     restored = keras.saving.deserialize_keras_object(config)
-    assert type(restored) is MaskedAdamW and restored.no_decay == ("bias", "gamma")
+    assert isinstance(restored, MaskedAdamW) and restored.no_decay == ("bias", "gamma")
     assert isinstance(restored._learning_rate, WSD) and restored._learning_rate.get_config() == schedule.get_config()
     assert (restored.beta_2, restored.weight_decay, restored.global_clipnorm) == (0.95, 0.1, 1.0)
 
@@ -141,10 +141,14 @@ def test_masked_optimizer_serialization_round_trip():
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tensorflow", "torch"])
 def test_other_backends_decay_the_same_variables(backend):
-    """Keras's own `var_names` match differs by backend (short name vs TF path); the mask must not."""
+    """Keras's own `var_names` match differs by backend (short name vs TF path); the mask must not.
+    And the masked optimizers update as the class Keras itself makes on the backend does (on torch,
+    all variables at once with `torch._foreach_*` ops)."""
     program = (
         "import json, sys; sys.path.insert(0, sys.argv[1]); import keras, test_optimizers as t\n"
         "assert keras.backend.backend() == sys.argv[2], keras.backend.backend()\n"
+        "for n, k in [('adamw', 'AdamW'), ('lion', 'Lion'), ('sgd', 'SGD')]:\n"
+        "    assert isinstance(t.build_optimizer(n, learning_rate=0.1), type(getattr(keras.optimizers, k)())), n\n"
         "print(json.dumps({n: t.decayed_paths(n, 'fit') for n in ['adamw', 'lion', 'sgd']}))\n"
     )
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -34,6 +34,9 @@ class DecayMask:
         *args, **kwargs: the Keras optimizer's arguments.
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any):
+        return super().__new__(_with_backend_update(cls))
+
     def __init__(self, *args: Any, no_decay: Sequence[str] = NO_DECAY, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.no_decay = tuple(no_decay)
@@ -47,6 +50,30 @@ class DecayMask:
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "no_decay": list(self.no_decay)}
+
+
+_BACKEND_UPDATE: dict[type, type] = {}
+
+
+def _with_backend_update(cls: type) -> type:
+    """`cls`, with the update of the backend's own version of the Keras optimizer it extends mixed in.
+
+    Keras swaps in a backend's version only for its exact classes: on torch, `keras.optimizers.AdamW`
+    becomes a subclass that updates every variable at once with `torch._foreach_*` ops, while a
+    subclass such as `MaskedAdamW` would run the generic update, about ten small ops per variable
+    per step. Which class Keras picks is read off the instance its own `__new__` makes.
+    """
+    if cls not in _BACKEND_UPDATE:
+        extended = next(base for base in cls.__mro__ if base.__module__.startswith("keras."))
+        backend_class = type(extended.__new__(extended))
+        if issubclass(cls, backend_class):
+            _BACKEND_UPDATE[cls] = cls
+        else:
+            attrs = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+            mixed = type(cls.__name__, (cls, backend_class), attrs)
+            package, _, name = keras.saving.get_registered_name(cls).rpartition(">")
+            _BACKEND_UPDATE[cls] = keras.saving.register_keras_serializable(package, name)(mixed)  # saved as `cls`
+    return _BACKEND_UPDATE[cls]
 
 
 @keras.saving.register_keras_serializable(package="theseus")
