@@ -45,6 +45,7 @@ SPECIFIC: dict[str, list] = {
     "architecture/position": [],
     "training/tokens": [100],  # less than one step
     "training/micro_batch_size": [3],  # does not divide batch_size=16
+    "training/loss_chunk": [-1, "bogus"],
     "optimization/warmup": [1.5, 10_000],
     "optimization/decay": [1.5],
     "optimization/beta_1": [1.0],

@@ -49,6 +49,13 @@ class TrainingSection:
         default="float32",
         help="compute dtype; bfloat16 keeps float32 master weights and a float32 loss",
     )
+    loss_chunk: int | bool | Literal["auto"] = field(
+        "training/loss_chunk",
+        default="auto",
+        bounds=">= 0",
+        help="tokens per chunk of the LM head + loss, so the full logits never exist (JAX); "
+        "auto = chunked above vocabulary 32768, true = chunked, 0 or false = full logits",
+    )
 
     def steps(self) -> tuple[int, int]:
         """(optimizer steps of the run, tokens per step); a ConfigError below one step."""
@@ -59,6 +66,10 @@ class TrainingSection:
                 f"batch_size * block_size = {tokens_per_step} tokens"
             )
         return self.tokens // tokens_per_step, tokens_per_step
+
+    def compile_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of `CausalLM.compile` these keys set (besides the optimizer)."""
+        return dict(jit_compile=self.jit_compile, loss_chunk=self.loss_chunk)
 
 
 @dataclasses.dataclass
@@ -155,7 +166,7 @@ class LoggingSection:
         "logging/peak_flops",
         default=0.0,
         bounds=">= 0",
-        help="peak FLOP/s of one device, for MFU (times the devices in the mesh); 0 = measure a matmul at start",
+        help="peak FLOP/s of one device for `mfu` (times the devices in the mesh); 0 = the device's rated peak, else a timed matmul",
     )
     plot: bool = field(
         "logging/plot", default=True, help="draw metrics.png (loss, val loss and lr against tokens) at the end"

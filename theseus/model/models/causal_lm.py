@@ -17,6 +17,7 @@ from keras.src.backend import set_keras_mask
 
 from theseus.base.targets import IGNORE_INDEX
 from theseus.model.axes import TENSOR_PARALLEL, Axes
+from theseus.model.chunked_loss import chunk_size, chunked_loss
 from theseus.model.layers import CausalSelfAttention, Embedding, rotary_tables
 from theseus.model.layers.attention import cache_attention_mask, cache_positions
 from theseus.model.layers.dense import matmul
@@ -59,8 +60,15 @@ class CausalLM(Module, keras.Model):
     def sharding(self) -> ShardingRules:
         return list(TENSOR_PARALLEL)
 
-    def compile(self, optimizer: Any = "adamw", loss: Any = "auto", **kwargs: Any) -> None:
-        """`keras.Model.compile` with the causal-LM loss as the default (`loss="auto"`)."""
+    def compile(
+        self, optimizer: Any = "adamw", loss: Any = "auto", loss_chunk: int | bool | str = "auto", **kwargs: Any
+    ) -> None:
+        """`keras.Model.compile` with the causal-LM loss as the default (`loss="auto"`).
+
+        `loss_chunk` (`training/loss_chunk`, see `theseus.model.chunked_loss.chunk_size`) is for a
+        model that can apply its head chunk by chunk (`DecoderLM`); any other keeps full logits.
+        """
+        chunk_size(loss_chunk, 0)  # a bad setting fails here, whatever the model
         super().compile(optimizer=optimizer, loss=CausalLMLoss() if loss == "auto" else loss, **kwargs)
 
 
@@ -115,11 +123,17 @@ class DecoderLM(CausalLM):
     An untied head is the weight `lm_head` (n_embd, vocab). A family that sets
     `sliding_window` limits attention to that many recent tokens.
 
+    Compiled with the default loss and a `loss_chunk` (`compile`), a training call returns the
+    final norm's output instead of logits, and `compute_loss` applies the head and the loss
+    chunk by chunk (`theseus.model.chunked_loss`): the full logits never exist in training.
+
     Call it on token ids (B, T), optionally with `padding_mask` (B, T) true on real tokens,
     or on a dict `{"token_ids": ..., "padding_mask": ...}`.
     """
 
     sliding_window: int | None = None
+    loss_chunk: int = 0
+    """Tokens per chunk of the training loss (0: full logits), as `compile` resolved `loss_chunk`."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -163,6 +177,8 @@ class DecoderLM(CausalLM):
         x, rotary = self.embed(token_ids, positions, training)
         for block in self.blocks:
             x = block(x, rotary=rotary, attention_mask=mask, training=training)
+        if training and self.loss_chunk:
+            return self.ln_f(x)  # `compute_loss` applies the head, chunk by chunk
         return self.logits(x)
 
     def embed(self, token_ids, positions, training=False):
@@ -178,9 +194,35 @@ class DecoderLM(CausalLM):
 
     def logits(self, x):
         """Final norm and head on the last block's output: float32 (B, T, vocab), as the loss wants."""
-        x = self.ln_f(x)
-        logits = self.wte.attend(x) if self.tie_embeddings else matmul(x, self.lm_head)
+        return self.head(self.ln_f(x), self.head_weight)
+
+    @property
+    def head_weight(self) -> keras.Variable:
+        """The head's weight: the token embedding (vocab, C) when tied, else `lm_head` (C, vocab)."""
+        return self.wte.embeddings if self.tie_embeddings else self.lm_head
+
+    def head(self, x, weight):
+        """Float32 logits (..., vocab) of the final norm's output `x` (..., C) by the head `weight`
+        (`head_weight`, or its value): a family that scales or caps its logits changes this one
+        method, and the chunked loss (`compute_loss`) follows."""
+        weight = ops.cast(weight, x.dtype)
+        logits = matmul(x, ops.transpose(weight)) if self.tie_embeddings else matmul(x, weight)
         return ops.cast(logits, "float32")
+
+    def compile(
+        self, optimizer: Any = "adamw", loss: Any = "auto", loss_chunk: int | bool | str = "auto", **kwargs: Any
+    ) -> None:
+        self.loss_chunk = chunk_size(loss_chunk, self.vocab_size) if loss == "auto" else 0
+        super().compile(optimizer=optimizer, loss=loss, loss_chunk=loss_chunk, **kwargs)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Keras's loss hook: in a chunked training step `y_pred` is the final norm's output, and the
+        head and the loss go chunk by chunk; otherwise the compiled loss on the logits."""
+        if not (training and self.loss_chunk):
+            return super().compute_loss(x, y, y_pred, sample_weight, training=training)
+        weight = self.head_weight
+        loss = chunked_loss(self.head, y_pred, weight.value, y, sample_weight, self.loss_chunk, weight.trainable)
+        return ops.sum([loss, *(self._aggregate_additional_loss(extra) for extra in self.losses)])
 
     def init_cache(self, batch_size: int, max_length: int) -> list:
         """An empty key/value cache: per block, `(keys, values)` each (B, S, n_kv_head, head_dim)."""
