@@ -81,7 +81,9 @@ def test_a_non_finite_loss_names_its_optimizer_step():
 
 
 def test_throughput_is_reported_from_the_first_batch_on():
-    throughput = Throughput(tokens_per_batch=100, window=3, flops_per_token=6.0, peak_flops=1e6)
+    throughput = Throughput(
+        tokens_per_batch=100, window=3, flops_per_token=6.0, peak_flops=1e6, measured_peak_flops=4e5
+    )
     reported = []
     for batch in range(5):
         logs = {"loss": 1.0}
@@ -92,6 +94,7 @@ def test_throughput_is_reported_from_the_first_batch_on():
     for logs in reported:
         assert logs["tokens_per_sec"] > 0
         assert logs["mfu"] == pytest.approx(logs["tokens_per_sec"] * 6.0 / 1e6)
+        assert logs["mfu_measured"] == pytest.approx(logs["tokens_per_sec"] * 6.0 / 4e5)
 
 
 def test_signals_are_recorded_while_inside_and_restored_after():

@@ -137,7 +137,7 @@ def test_metrics_rows_hold_every_field(whole):
     schedule = job.build_schedule()
     assert [r["lr"] for r in train_rows] == pytest.approx([float(schedule(r["step"] - 1)) for r in train_rows])
     csv_lines = (run_dir / "metrics.csv").read_text().splitlines()
-    assert csv_lines[0] == "step,tokens,loss,val_loss,val_ppl,lr,grad_norm,update_norm,tokens_per_sec,mfu"
+    assert csv_lines[0] == "step,tokens,loss,val_loss,val_ppl,lr,grad_norm,update_norm,tokens_per_sec,mfu,mfu_measured"
     assert [int(line.split(",")[0]) for line in csv_lines[1:]] == [r["step"] for r in all_rows]
     assert (run_dir / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

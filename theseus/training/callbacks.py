@@ -34,9 +34,22 @@ import keras
 
 from theseus.base import multihost
 from theseus.training import checkpoint as ckpt
+from theseus.training.flops import flops_per_token as flops_per_token  # where the trainer reads it
 from theseus.training.norms import NormTracking
 
-COLUMNS = ("step", "tokens", "loss", "val_loss", "val_ppl", "lr", "grad_norm", "update_norm", "tokens_per_sec", "mfu")
+COLUMNS = (
+    "step",
+    "tokens",
+    "loss",
+    "val_loss",
+    "val_ppl",
+    "lr",
+    "grad_norm",
+    "update_norm",
+    "tokens_per_sec",
+    "mfu",
+    "mfu_measured",
+)
 """The fields of a metrics row, in the CSV's column order."""
 
 
@@ -143,18 +156,27 @@ class StopOnNonFinite(keras.callbacks.Callback):
 
 
 class Throughput(keras.callbacks.Callback):
-    """Add `tokens_per_sec` (and `mfu`, when `flops_per_token` and `peak_flops` are known) to the logs.
+    """Add `tokens_per_sec` (and `mfu`, `mfu_measured` when `flops_per_token` and the peaks are known) to the logs.
 
     Measured over the last `window` batches, from each batch's start to its end (which, with
     the logs read back, includes waiting for the device), so time spent in validation or
     checkpoints does not count. The first batch of a `fit` compiles: it is reported alone
     (a row right after a resume shows it) and left out of the window from the next batch on.
-    MFU (model FLOPs utilisation) = `tokens_per_sec * flops_per_token / peak_flops`.
+    MFU (model FLOPs utilisation) = `tokens_per_sec * flops_per_token / peak`: `mfu` against
+    `peak_flops` (the devices' rated peak), `mfu_measured` against `measured_peak_flops` (a timed matmul).
     """
 
-    def __init__(self, tokens_per_batch: int, window: int, flops_per_token: float = 0.0, peak_flops: float = 0.0):
+    def __init__(
+        self,
+        tokens_per_batch: int,
+        window: int,
+        flops_per_token: float = 0.0,
+        peak_flops: float = 0.0,
+        measured_peak_flops: float = 0.0,
+    ):
         super().__init__()
-        self.tokens_per_batch, self.flops_per_token, self.peak_flops = tokens_per_batch, flops_per_token, peak_flops
+        self.tokens_per_batch, self.flops_per_token = tokens_per_batch, flops_per_token
+        self.peaks = {"mfu": peak_flops, "mfu_measured": measured_peak_flops}
         self.times: deque[float] = deque(maxlen=window)
         self._begin = 0.0
 
@@ -169,21 +191,14 @@ class Throughput(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self._begin)
         rate = len(self.times) * self.tokens_per_batch / max(sum(self.times), 1e-9)
         logs["tokens_per_sec"] = rate
-        if self.flops_per_token and self.peak_flops:
-            logs["mfu"] = rate * self.flops_per_token / self.peak_flops
-
-
-def flops_per_token(model: keras.Model, values: dict[str, Any], block_size: int) -> float:
-    """Training FLOPs per token, for MFU: 6 per parameter (forward and backward) plus attention's
-    12 * n_layer * n_embd * block_size (PaLM, appendix B; 0 without `architecture/n_layer`, `n_embd`)."""
-    layers, width = values.get("architecture/n_layer"), values.get("architecture/n_embd")
-    attention = 12 * layers * width * block_size if layers and width else 0
-    return 6 * model.count_params() + attention
+        for name, peak in self.peaks.items():
+            if self.flops_per_token and peak:
+                logs[name] = rate * self.flops_per_token / peak
 
 
 def measure_peak_flops(dtype: str = "float32", size: int = 2048, repeats: int = 3) -> float:
     """FLOP/s of the fastest of `repeats` square matmuls on the default device: the achievable
-    peak that MFU is measured against when the hardware's rated peak is not given."""
+    peak that `mfu_measured` is measured against (and `mfu`, where no rated peak is known)."""
     a = keras.random.normal((size, size), dtype=dtype, seed=0)
     keras.ops.convert_to_numpy(keras.ops.matmul(a, a)[0, 0])  # compile and warm up
     fastest = math.inf
@@ -274,8 +289,9 @@ class MetricsLogger(StepCallback):
 
     Training rows (every `interval` steps) hold `loss` (the mean over the steps since the
     last row: the loss tracker is reset after each row), `lr`, the optimizer's `grad_norm`
-    and `update_norm` (when it tracks them, see `theseus.training.norms`), `tokens_per_sec`
-    and `mfu`, and the model's compiled metrics (`compiled_metrics`; e.g. DPO's `reward_accuracy`);
+    and `update_norm` (when it tracks them, see `theseus.training.norms`), `tokens_per_sec`,
+    `mfu` and `mfu_measured` (see `Throughput`), and the model's compiled metrics (`compiled_metrics`;
+    e.g. DPO's `reward_accuracy`);
     validation rows add `val_loss`, `val_ppl` and `val_` + each compiled metric. `loss_state`, the tracker's
     sums saved in a checkpoint, is put back when a resumed `fit` begins, so the first row
     after a resume averages the same steps as in an uninterrupted run.
@@ -307,7 +323,11 @@ class MetricsLogger(StepCallback):
         if step % self.interval == 0 or self.is_last(step):
             row["loss"] = float(logs["loss"])
             row.update(
-                {k: float(logs[k]) for k in ("lr", "tokens_per_sec", "mfu", *compiled_metrics(self.model)) if k in logs}
+                {
+                    k: float(logs[k])
+                    for k in ("lr", "tokens_per_sec", "mfu", "mfu_measured", *compiled_metrics(self.model))
+                    if k in logs
+                }
             )
             optimizer = self.model.optimizer
             if isinstance(optimizer, NormTracking):

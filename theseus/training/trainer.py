@@ -21,6 +21,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 import keras
 
 from theseus.base import multihost
+from theseus.base.backend import set_random_seed
+from theseus.base.devices import rated_peak
 from theseus.base.mesh import Topology, check_placement
 from theseus.base.sharding import build_abstractly
 from theseus.config import ConfigError, build
@@ -140,7 +142,7 @@ class BaseTrainer(Generic[M]):
         optimizer = build_optimizer(
             self.optimizer(), **accumulation(schedule, self.micro_steps), **self.config.optimizer_arguments()
         )
-        model.compile(optimizer=track_norms(optimizer), jit_compile=self.config.jit_compile)
+        model.compile(optimizer=track_norms(optimizer), **self.config.compile_arguments())
 
     def extra_callbacks(self, start_step: int) -> list[keras.callbacks.Callback]:
         """A job's own callbacks, run after the checkpointer on every batch."""
@@ -162,7 +164,7 @@ class BaseTrainer(Generic[M]):
 
     def train(self) -> tuple[M, dict[str, Any]]:
         """Build, compile, resume, read the data, fit the remaining steps: the model and the result."""
-        keras.utils.set_random_seed(self.config.seed)
+        set_random_seed(self.config.seed)
         model = self.build_model()
         check_placement(model)
         schedule = self.build_schedule()
@@ -232,15 +234,32 @@ def announce(model: keras.Model, steps: int, tokens_per_step: int, strategy: str
 def monitors(
     config: BaseTrainerConfig, schedule, flops_per_token: float, tokens_per_step: int, steps: dict[str, int]
 ) -> list[keras.callbacks.Callback]:
-    """The callbacks before validation: a non-finite loss stops, throughput (and MFU), learning rate."""
+    """The callbacks before validation: a non-finite loss stops, throughput (and MFU), learning rate.
+
+    `mfu` is against `logging/peak_flops` when set, else the device's rated peak
+    (`theseus.base.devices`), else the timed matmul that `mfu_measured` is against (none is
+    timed when `logging/peak_flops` is set: `mfu_measured` is then left out).
+    """
     distribution = keras.distribution.distribution()  # the one the run entered, if any
     devices = distribution.device_mesh.devices.size if distribution is not None else 1
     dtype = "bfloat16" if config.precision == "bfloat16" else "float32"
-    peak = devices * (config.peak_flops or measure_peak_flops(dtype))
+    rated, what = (config.peak_flops, "logging/peak_flops") if config.peak_flops else rated_peak(dtype)
+    measured = 0.0 if config.peak_flops else measure_peak_flops(dtype)
+    print(
+        f"mfu against {devices} x {(rated or measured) / 1e12:.3g} TFLOP/s ({what or 'measured'})"
+        + (f", mfu_measured against a timed {dtype} matmul: {measured / 1e12:.3g} TFLOP/s" if measured else ""),
+        flush=True,
+    )
     start, total, micro = steps["start_step"], steps["total_steps"], steps["micro_steps"]
     return [
         StopOnNonFinite(start, micro),
-        Throughput(tokens_per_step // micro, config.log_interval * micro, flops_per_token, peak),
+        Throughput(
+            tokens_per_step // micro,
+            config.log_interval * micro,
+            flops_per_token,
+            devices * (rated or measured),
+            devices * measured,
+        ),
         LearningRate(schedule, start, total, micro),
     ]
 
