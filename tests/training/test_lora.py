@@ -1,6 +1,8 @@
 """LoRA through `Dense.enable_lora`: parameter counts, frozen base, merge, adapter files,
 freezing options, and a merged export read by `transformers`."""
 
+import gc
+
 import keras
 import numpy as np
 import pytest
@@ -73,6 +75,34 @@ def test_training_changes_only_adapters_and_merging_keeps_the_logits():
     assert lora.merge_lora(model) == LAYERS * len(PROJECTIONS)
     assert not any(v.name in lora.ADAPTERS for v in model.weights) and not lora.lora_layers(model)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(model(probe)), unmerged, atol=1e-5, rtol=0)
+
+
+def test_merging_folds_each_adapter_into_its_kernel_and_collects_no_garbage_per_adapter(monkeypatch):
+    """`kernel += alpha / r * A @ B` (against float64), the adapters gone, and no `gc.collect()`:
+    Keras runs one for every `del layer.variable`, seconds each in a process the size of a
+    fine-tune's, which made the merge of a 135M model take minutes (`benchmarks/export_tail.py`)."""
+    model = gpt()
+    count = len(model.weights)
+    layers = lora.enable_lora(model, 4, 6.0, ["attn", "mlp"])
+    rng = np.random.default_rng(0)
+    expected = {}
+    for layer in layers:  # as training leaves them: B no longer zero
+        layer.lora_kernel_b.assign(rng.normal(0, 0.5, layer.lora_kernel_b.shape).astype("float32"))
+        w, a, b = (
+            np.float64(keras.ops.convert_to_numpy(v.value))
+            for v in (layer.kernel, layer.lora_kernel_a, layer.lora_kernel_b)
+        )
+        expected[layer.kernel.path] = w + 1.5 * a @ b
+    collections = []
+    collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *args: collections.append(args) or collect(*args))
+    assert lora.merge_lora(model) == len(layers) == LAYERS * len(PROJECTIONS)
+    assert collections == []
+    assert len(model.weights) == count and not lora.lora_layers(model)
+    for layer in layers:
+        assert layer.kernel.trainable and not hasattr(layer, "lora_kernel_a")
+        merged = keras.ops.convert_to_numpy(layer.kernel.value)
+        np.testing.assert_allclose(merged, expected[layer.kernel.path], rtol=0, atol=2e-6, err_msg=layer.kernel.path)
 
 
 def test_adapter_file_is_small_and_restores_the_same_model(tmp_path):

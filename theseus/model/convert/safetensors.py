@@ -120,7 +120,11 @@ def write_shards(
         else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     )
     for file, shard in zip(files, shards):
-        save_file({name: array(name).astype(dtype) for name in shard}, str(folder / file), metadata={"format": "pt"})
+        save_file(
+            {name: array(name).astype(dtype, copy=False) for name in shard},
+            str(folder / file),
+            metadata={"format": "pt"},
+        )
     if len(shards) > 1:
         total = sum(math.prod(shape) for _, shape in shapes) * dtype.itemsize
         weight_map = {name: file for file, shard in zip(files, shards) for name in shard}
