@@ -13,7 +13,6 @@ import os
 import socket
 import time
 from collections.abc import Mapping
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +22,18 @@ except ImportError:  # Windows: run folders are not locked
     fcntl = None
 
 from theseus.base import backend
+from theseus.base.jobs import JOB_KEY, config_text, plugin_modules, unknown_job
 from theseus.base.multihost import ends_together, is_primary
 from theseus.config import (
     ConfigError,
     Field,
     collect,
-    did_you_mean,
-    dump_yaml,
     flatten,
     load_yaml,
     resolve,
     write_atomic,
 )
 
-JOB_KEY = "job"
 CONFIG_FILE = "config.yaml"
 RESUMABLE_CHANGES = ("logging/", "topology/")  # keys that may differ when a run is resumed
 LOCK_FILE = ".lock"  # held by the process writing the run folder (see `RunLock`)
@@ -44,9 +41,7 @@ LOCK_FILE = ".lock"  # held by the process writing the run folder (see `RunLock`
 
 def load_plugins() -> None:
     """Import the modules that register user jobs (env `THESEUS_PLUGINS`, entry points)."""
-    names = [n.strip() for n in os.environ.get("THESEUS_PLUGINS", "").split(",") if n.strip()]
-    names += [ep.value for ep in entry_points(group="theseus.plugins")]
-    for name in names:
+    for name in plugin_modules():
         try:
             importlib.import_module(name)
         except ImportError as error:
@@ -64,8 +59,7 @@ def jobs() -> dict[str, type]:
 def job_class(key: str) -> type:
     registry = jobs()
     if key not in registry:
-        hint = did_you_mean(key, registry, cutoff=0.4)
-        raise ConfigError(f"unknown job '{key}'{hint}; `theseus jobs` lists them")
+        raise unknown_job(key, registry)
     return registry[key]
 
 
@@ -97,11 +91,6 @@ def read_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
         raise ConfigError(f"config file {path} is for job '{key}', not '{job}'")
     fields = table(job_class(key))
     return key, fields, resolve(fields, flat, overrides)
-
-
-def config_text(key: str, fields: Mapping[str, Field], values: Mapping[str, Any]) -> str:
-    header = f"theseus config for job {key}; `???` marks a value you must set."
-    return dump_yaml({JOB_KEY: key, **values}, fields, header=header)
 
 
 def prepare_run_dir(run_dir: Path, key: str, fields: Mapping[str, Field], values: Mapping[str, Any]) -> None:

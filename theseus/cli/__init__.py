@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         run_config = args.config if args.command == "run" else None
         if args.command in ("cooldown", "sweep-cooldowns"):  # a branch runs on its parent's backend
             run_config = str(Path(args.run_dir) / "config.yaml")
-        backend.select(backend.chosen(args.backend, args.overrides, run_config), args.verbose)  # before Keras loads
+        listing = args.command in ("jobs", "configure")  # any backend reads the job classes; JAX's Keras loads quickest
+        picked = backend.chosen(args.backend, args.overrides, run_config, pick=not listing)
+        backend.select(picked, args.verbose)  # before Keras loads
         return _dispatch(args)
     except Exception as error:
         from theseus.config import exit_status
@@ -126,28 +128,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from theseus.base import backend
-    from theseus.config import ConfigError, write_atomic
-
     if args.command in ("jobs", "configure"):
-        backend.import_keras_lean()
+        return _jobs_or_configure(args)
     from theseus.experiments import runs
 
-    if args.command == "jobs":
-        registry = runs.jobs()
-        width = max(map(len, registry), default=0)
-        for key in sorted(registry):
-            print(f"{key:<{width}}  {runs.summary(registry[key])}")
-        return 0
-    if args.command == "configure":
-        out = Path(args.out)
-        fields, values = runs.configure(args.job, args.overrides)
-        if out.exists() and not args.force:
-            raise ConfigError(f"{out} exists; pass --force to overwrite it")
-        write_atomic(out, runs.config_text(args.job, fields, values))
-        missing = [k for k, v in values.items() if v == "???"]
-        print(f"wrote {out}" + (f"; set before running: {', '.join(missing)}" if missing else ""))
-        return 0
     if args.command == "generate":
         from theseus.experiments.completions import print_completions, read_prompts
 
@@ -178,6 +162,28 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     key, fields, values = runs.read_config(args.config, args.overrides)
     runs.launch(key, fields, values, args.outdir, args.name, fresh=args.fresh)
+    return 0
+
+
+def _jobs_or_configure(args: argparse.Namespace) -> int:
+    """`jobs` and `configure`, from the job catalog (`theseus.cli.catalog`): no Keras, once it is built."""
+    from theseus.base.jobs import config_text
+    from theseus.cli import catalog
+    from theseus.config import ConfigError, write_atomic
+
+    if args.command == "jobs":
+        listing = catalog.listing()
+        width = max(map(len, listing), default=0)
+        for key in sorted(listing):
+            print(f"{key:<{width}}  {listing[key]}")
+        return 0
+    out = Path(args.out)
+    fields, values = catalog.configure(args.job, args.overrides)
+    if out.exists() and not args.force:
+        raise ConfigError(f"{out} exists; pass --force to overwrite it")
+    write_atomic(out, config_text(args.job, fields, values))
+    missing = [k for k, v in values.items() if v == "???"]
+    print(f"wrote {out}" + (f"; set before running: {', '.join(missing)}" if missing else ""))
     return 0
 
 
