@@ -1,6 +1,7 @@
 """Training throughput, side by side in one process on the same machine.
 
     python benchmarks/throughput.py [--model gpt|llama|moe] [--repeats 3] [--steps 15] [--d-model 256]
+    python benchmarks/throughput.py --floors [--layers 4 --d-model 128 --heads 4 --vocab 320]
 
 For one GPT (or Llama) configuration (6 layers, sequence 256, batch 16, vocabulary 8192):
   (a) theseus: the model + theseus's AdamW (tracking gradient/update norms) + the trainer's
@@ -19,6 +20,12 @@ Steady-state tokens/s (compile and the first steps excluded), the median of `--r
 interleaved rounds, the ratios (a)/(b) and (a)/(c), and model FLOPs utilisation against a
 peak measured in the same run by a large matmul in JAX (float32, and bfloat16 for bf16 rows).
 
+`--floors`: theseus against the native step on each backend, every row in a fresh process of its
+backend (Keras picks one per process), the rows in turn in each round: theseus `fit` on JAX against
+(b); on torch, eagerly and under `torch.compile`, against the same GPT written the nanoGPT way
+(`native.py`: eager, and `torch.compile`); on TensorFlow with XLA against a `tf.function(jit_compile=True)`
+step. `--rows` picks some of them (`FLOORS`); `--heads` sets the head count (default: width 64 each).
+
 `--model moe`: (a) only, for a `MoE` with 8 experts of hidden width 2·d, top-2 routed, without a
 capacity (every expert on every token) and with capacity factor 1.25 (dispatch/combine), against
 the dense model of the same active parameters (one expert of width 4·d, top-1: exactly a Llama).
@@ -31,6 +38,8 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -40,6 +49,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import keras  # noqa: E402
+import native  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
@@ -47,12 +57,14 @@ from theseus.base.targets import IGNORE_INDEX  # noqa: E402
 from theseus.model.keras_hub import KerasHubLM  # noqa: E402
 from theseus.model.layers import attention, dense  # noqa: E402
 from theseus.model.models import GPT, Llama, MoE, causal_lm  # noqa: E402
+from theseus.training import flops  # noqa: E402
 from theseus.training.callbacks import LearningRate, MetricsLogger, StopOnNonFinite, Throughput  # noqa: E402
 from theseus.training.norms import track_norms  # noqa: E402
 from theseus.training.optimizers import build_optimizer  # noqa: E402
 from theseus.training.schedules import WSD  # noqa: E402
 
 WARMUP_STEPS = 5  # compile + first steps, excluded from every timing
+SIZE_ARGS = ("steps", "layers", "d_model", "seq", "batch", "vocab", "heads")
 MOE_VARIANTS = {  # `--model moe`: name -> MoE arguments, as multiples of d_model for the widths
     "dense (same active parameters)": {"n_experts": 1, "top_k": 1, "n_embd_expert": 4},
     "MoE 8 experts top-2, no capacity": {"n_experts": 8, "top_k": 2, "n_embd_expert": 2},
@@ -92,7 +104,7 @@ def mlp_width(args) -> int:
 def build_model(args, precision: str = "float32", variant: str | None = None) -> keras.Model:
     keras.utils.set_random_seed(0)
     keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
-    heads = args.d_model // 64
+    heads = n_heads(args)
     if args.model == "moe":
         experts = dict(MOE_VARIANTS[variant or next(iter(MOE_VARIANTS))])
         experts["n_embd_expert"] *= args.d_model
@@ -129,9 +141,14 @@ def build_model(args, precision: str = "float32", variant: str | None = None) ->
     return model
 
 
+def n_heads(args) -> int:
+    """`--heads`, else heads of width 64."""
+    return args.heads or args.d_model // 64
+
+
 def hub_backbone(args) -> tuple[str, dict]:
     """The keras-hub backbone class and arguments of the size `build_model` builds (rows (c) and (d))."""
-    heads = args.d_model // 64
+    heads = n_heads(args)
     common = dict(vocabulary_size=args.vocab, num_layers=args.layers, hidden_dim=args.d_model)
     if args.model == "gpt":
         return "GPT2Backbone", dict(
@@ -167,7 +184,14 @@ def before_optimisations():
 
 
 def run_theseus(
-    args, x, y, precision: str = "float32", before: bool = False, variant: str | None = None, build=build_model
+    args,
+    x,
+    y,
+    precision: str = "float32",
+    before: bool = False,
+    variant: str | None = None,
+    build=build_model,
+    jit_compile: bool | str = True,
 ) -> float:
     model = build(args, precision, variant)
     steps, tokens_per_step = len(x), args.batch * args.seq
@@ -175,7 +199,7 @@ def run_theseus(
     timer = StepTimer()
     with before_optimisations() if before else contextlib.nullcontext("auto") as loss:
         model.compile(
-            optimizer=track_norms(build_optimizer("adamw", learning_rate=schedule)), loss=loss, jit_compile=True
+            optimizer=track_norms(build_optimizer("adamw", learning_rate=schedule)), loss=loss, jit_compile=jit_compile
         )
         callbacks = [  # the trainer's per-step callbacks (validation and checkpoints are not per step)
             StopOnNonFinite(0),
@@ -257,14 +281,6 @@ def peak_flops(dtype, n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / min(times)
 
 
-def model_flops_per_token(args, model: keras.Model) -> float:
-    """6·N for the weights that multiply (input embedding tables are lookups, unless tied to
-    the head) plus 12·L·T·d for attention scores and values (PaLM, appendix B)."""
-    lookups = [w for w in model.weights if "wpe" in w.path or ("wte" in w.path and not model.tie_embeddings)]
-    n = model.count_params() - sum(int(np.prod(w.shape)) for w in lookups)
-    return 6 * n + 12 * args.layers * args.seq * args.d_model
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["gpt", "llama", "moe"], default="gpt")
@@ -275,7 +291,15 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--heads", type=int, default=None, help="attention heads (default: width 64 each)")
+    parser.add_argument("--floors", action="store_true", help="theseus on each backend against its native step")
+    parser.add_argument("--rows", default=None, help="--floors: comma-separated row names (default: all)")
+    parser.add_argument("--worker", choices=list(FLOORS), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        return print(json.dumps(run_floor_row(args, args.worker)))
+    if args.floors:
+        return compare_floors(args)
     if args.model == "moe":
         return compare_moe(args)
 
@@ -301,7 +325,7 @@ def main() -> None:
             step_times[name].append(run(args, x, y))
     peaks = {"float32": peak_flops(jnp.float32), "bfloat16": peak_flops(jnp.bfloat16)}
     model = build_model(args)
-    flops_per_token = model_flops_per_token(args, model)
+    flops_per_token = flops.flops_per_token(model, {}, args.seq)
     tokens_per_step = args.batch * args.seq
 
     print(
@@ -327,6 +351,61 @@ def main() -> None:
         )
     a, b, c, d, before, _ = tps.values()
     print(f"\n(a)/(b) = {a / b:.3f}   (a)/(c) = {a / c:.3f}   (d)/(c) = {d / c:.3f}   after/before = {a / before:.3f}")
+
+
+FLOORS = {  # `--floors` rows: name -> (Keras backend, the native row it is measured against, or None for a floor)
+    "theseus fit (jax)": ("jax", "jax.jit + optax"),
+    "jax.jit + optax": ("jax", None),
+    "theseus fit (torch eager)": ("torch", "PyTorch eager (nanoGPT)"),
+    "PyTorch eager (nanoGPT)": ("torch", None),
+    "theseus fit (torch.compile)": ("torch", "torch.compile (nanoGPT)"),
+    "torch.compile (nanoGPT)": ("torch", None),
+    "theseus fit (tensorflow XLA)": ("tensorflow", "tf.function(jit_compile=True)"),
+    "tf.function(jit_compile=True)": ("tensorflow", None),
+}
+
+
+def run_floor_row(args, name: str) -> float:
+    """One `FLOORS` row's median step time, in this process (whose Keras backend is the row's)."""
+    x, y = batches(args.steps, args.batch, args.seq, args.vocab)
+    size = dict(layers=args.layers, width=args.d_model, heads=n_heads(args), vocab=args.vocab, warmup=WARMUP_STEPS)
+    if name.startswith("theseus"):
+        return run_theseus(args, x, y, jit_compile="compile" in name or keras.backend.backend() != "torch")
+    if name == "jax.jit + optax":
+        return run_jax(args, x, y)
+    if name.startswith("tf.function"):
+        return statistics.median(native.tensorflow_step_times(x, y, **size))
+    return statistics.median(native.torch_step_times(x, y, **size, compile="compile" in name))
+
+
+def compare_floors(args) -> None:
+    """Every `FLOORS` row in a fresh process of its backend, the rows in turn in each round."""
+    rows = args.rows.split(",") if args.rows else list(FLOORS)
+    size = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k in SIZE_ARGS and v is not None]
+    step_times: dict[str, list[float]] = {name: [] for name in rows}
+    for _ in range(args.repeats):
+        for name in rows:
+            env = dict(os.environ, KERAS_BACKEND=FLOORS[name][0])
+            command = [sys.executable, __file__, "--worker", name, *size]
+            out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+            step_times[name].append(json.loads(out.strip().splitlines()[-1]))
+    args.model = "gpt"
+    flops_per_token = flops.flops_per_token(build_model(args), {}, args.seq)
+    peak, tokens_per_step = peak_flops(jnp.float32), args.batch * args.seq
+    print(
+        f"\nGPT {args.layers} layers, d_model {args.d_model}, {n_heads(args)} heads, seq {args.seq}, batch "
+        f"{args.batch}, vocab {args.vocab}, float32; median of {args.repeats} rounds, each row in a fresh process\n"
+    )
+    print("| backend | setup | step (ms) | tokens/s | MFU | vs its floor |\n|---|---|---|---|---|---|")
+    tps = {name: tokens_per_step / statistics.median(times) for name, times in step_times.items()}
+    for name, times in step_times.items():
+        backend, floor = FLOORS[name]
+        ratio = f"{tps[name] / tps[floor]:.2f}" if floor in tps else ""
+        runs = ", ".join(f"{t * 1e3:.0f}" for t in times)
+        print(
+            f"| {backend} | {name} | {statistics.median(times) * 1e3:.0f} ({runs}) | {tps[name]:,.0f} | "
+            f"{tps[name] * flops_per_token / peak:.1%} | {ratio} |"
+        )
 
 
 def compare_moe(args) -> None:
