@@ -11,13 +11,14 @@ XLA's count is never below ours (a matmul we count that XLA does not run would s
 import keras
 import numpy as np
 import pytest
+from support import needs_jax
 
 from theseus.model.models import GPT, Llama, MoE
 from theseus.training import lora
 from theseus.training.flops import flops_per_token, step_flops
 
 BATCH, LENGTH = 4, 64
-jax_only = pytest.mark.skipif(keras.backend.backend() != "jax", reason="XLA's cost analysis of a jax.jit step")
+jax_only = needs_jax("XLA's cost analysis of a jax.jit step")
 
 
 def xla_flops_per_token(model: keras.Model) -> float:

@@ -182,12 +182,16 @@ def walk(t: Tally, layer: keras.Layer, x: bool) -> bool:
     return x
 
 
+HEAD_COUNTS = ("num_query_heads", "num_heads", "num_attention_heads")
+"""What keras-hub backbones call their query heads (Llama-like, GPT-2-like, Falcon)."""
+
+
 def backbone(t: Tally, model: keras.Model) -> None:
     """A keras-hub backbone: its layers, attention from its sizes, and the head (the token
     embedding in reverse: its `embeddings` when tied, else `reverse_embeddings`)."""
     net = model.backbone
     x = walk(t, net, False)
-    heads = getattr(net, "num_query_heads", None) or net.num_heads
+    heads = next(getattr(net, name) for name in HEAD_COUNTS if getattr(net, name, None))
     head_dim = getattr(net, "head_dim", None) or net.hidden_dim // heads
     for _ in range(net.num_layers):
         scores(t, heads, head_dim, x, x, x)
