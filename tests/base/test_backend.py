@@ -109,7 +109,7 @@ print(tensorflow.constant(2).numpy() * 21, logging.getLogger("jax._src.xla_bridg
 
 
 def test_start_up_lines_are_kept_off_stderr_unless_verbose():
-    """TensorFlow (Keras imports it on every backend) writes its C++ start-up lines to stderr on import;
+    """TensorFlow (imported by tfds, keras-hub and its own backend) writes its C++ start-up lines to stderr on import;
     `select` keeps them off, unless verbose; TensorFlow still works, and JAX logs its backend search
     only at ERROR."""
     env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}

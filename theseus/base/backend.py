@@ -121,7 +121,7 @@ def select(name: str | None, verbose: bool = False) -> None:
 def quiet() -> None:
     """Keep the frameworks' start-up lines off stderr; call before they are imported.
 
-    TensorFlow is imported on every backend (Keras seeds it when it is installed), and its
+    TensorFlow is imported whenever a run needs it (its backend, tfds data, keras-hub), and its
     C++ start-up writes lines ("Could not find cuda drivers", twice; a failed `cuInit`) to
     stderr before absl logging is set up, which no environment variable silences (not
     TF_CPP_MIN_LOG_LEVEL, in 2.21): its import, whenever it comes, runs with file descriptor
