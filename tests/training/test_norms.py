@@ -1,9 +1,13 @@
+import json
+
 import jax
 import keras
 import numpy as np
 import pytest
+from keras.src.optimizers.base_optimizer import clip_by_global_norm as keras_clip_by_global_norm
 
-from theseus.training.norms import NormTracking, track_norms
+from theseus.training.callbacks import MetricsLogger
+from theseus.training.norms import NormTracking, clip_by_global_norm, global_norm, track_norms
 
 
 def model_and_data():
@@ -49,3 +53,40 @@ def test_a_built_optimizer_cannot_start_tracking():
     optimizer.build([keras.Variable(np.zeros(2, "float32"))])
     with pytest.raises(ValueError, match="needs an optimizer that is not built yet"):
         track_norms(optimizer)
+
+
+@pytest.mark.parametrize("clip", [0.01, 100.0])
+def test_clipping_with_the_tracked_norm_equals_keras(clip):
+    """The norm computed once (on torch: one `_foreach_norm`) clips as Keras's `clip_by_global_norm` does."""
+    rng = np.random.default_rng(2)
+    grads = [keras.ops.convert_to_tensor(rng.normal(size=shape).astype("float32")) for shape in [(5, 8), (8,), (3,)]]
+    ours = clip_by_global_norm(grads, global_norm(grads), clip)
+    for got, expected in zip(ours, keras_clip_by_global_norm(grads, clip)):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(expected), rtol=1e-6)
+    infinite = [grads[0], keras.ops.full((3,), np.inf)]
+    assert np.isnan(keras.ops.convert_to_numpy(clip_by_global_norm(infinite, global_norm(infinite), clip)[0])).all()
+
+
+def test_norms_are_measured_on_the_logged_steps_and_equal_every_step_measuring(tmp_path):
+    """On torch's eager step the norms are measured only for the steps `MetricsLogger` logs (on
+    compiled steps always); the logged values are those measured at every step."""
+    rows, measured = {}, {}
+    for interval in (1, 2):
+        model, x, y = model_and_data()
+        optimizer = track_norms(keras.optimizers.AdamW(learning_rate=0.1, global_clipnorm=0.5))
+        model.compile(optimizer=optimizer, loss="mse")
+        seen = []
+        spy = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(optimizer.measuring))
+        logger = MetricsLogger(tmp_path / f"every-{interval}.jsonl", interval, 16, 0, 5)
+        model.fit(
+            np.tile(x, (5, 1)), np.tile(y, (5, 1)), batch_size=16, shuffle=False, verbose=0, callbacks=[logger, spy]
+        )
+        rows[interval] = [json.loads(line) for line in (tmp_path / f"every-{interval}.jsonl").read_text().splitlines()]
+        measured[interval] = seen
+    eager = keras.backend.backend() == "torch"
+    assert measured[2] == ([False, True, False, True, True] if eager else [True] * 5)
+    logged = {row["step"]: row for row in rows[1]}
+    assert [row["step"] for row in rows[2]] == [2, 4, 5]
+    for row in rows[2]:
+        for key in ("grad_norm", "update_norm"):
+            assert row[key] == pytest.approx(logged[row["step"]][key], rel=1e-6)

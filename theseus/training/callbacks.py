@@ -318,9 +318,17 @@ class MetricsLogger(StepCallback):
             for variable, value in zip(self.model.metrics_variables, self.loss_state):
                 variable.assign(value)
 
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        optimizer = self.model.optimizer
+        if isinstance(optimizer, NormTracking) and keras.backend.backend() == "torch" and not self.model.jit_compile:
+            optimizer.measuring = self.logs_step(self.start_step + batch // self.micro_steps + 1)
+
+    def logs_step(self, step: int) -> bool:
+        return step % self.interval == 0 or self.is_last(step)
+
     def on_step_end(self, step: int, logs: dict) -> None:
         row: dict[str, Any] = {}
-        if step % self.interval == 0 or self.is_last(step):
+        if self.logs_step(step):
             row["loss"] = float(logs["loss"])
             row.update(
                 {

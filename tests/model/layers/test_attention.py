@@ -1,11 +1,13 @@
-"""`attend`: the explicit matmul-softmax-matmul and `keras.ops.dot_product_attention` agree."""
+"""`attend`: the explicit matmul-softmax-matmul and `keras.ops.dot_product_attention` agree;
+`CausalSelfAttention.project`: one fused q/k/v product equals the three projections."""
 
+import keras
 import numpy as np
 import pytest
 from keras import ops
 from support import needs_jax
 
-from theseus.model.layers.attention import attend, cache_attention_mask
+from theseus.model.layers.attention import CausalSelfAttention, attend, cache_attention_mask
 
 
 def inputs(seed=0, batch=3, length=9, heads=4, head_dim=16, dtype="float32"):
@@ -51,3 +53,24 @@ def test_gradients_agree():
     loss = lambda fused: jax.grad(lambda q, k, v: (attend(q, k, v, fused=fused) ** 2).sum(), argnums=(0, 1, 2))  # noqa: E731
     for ours, theirs in zip(loss(False)(q, k, v), loss(True)(q, k, v)):
         np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+@pytest.mark.parametrize("n_kv_head, bias", [(4, True), (2, False)])
+@pytest.mark.parametrize("lora", [False, True])
+def test_one_fused_projection_equals_the_three(n_kv_head, bias, lora):
+    """`project` joins the q/k/v kernels into one product (adapters keep the three calls): same values."""
+    keras.utils.set_random_seed(0)
+    attention = CausalSelfAttention(4, 8, n_kv_head=n_kv_head, qkv_bias=bias)
+    x = ops.convert_to_tensor(np.random.default_rng(0).standard_normal((2, 5, 24)).astype("float32"))
+    attention.build(x.shape)
+    rng = np.random.default_rng(1)
+    for projection in (attention.query, attention.key, attention.value):
+        if bias:  # non-zero, so a bias in the wrong place would show
+            projection.bias.assign(rng.standard_normal(projection.bias.shape).astype("float32"))
+        if lora:
+            projection.enable_lora(2)
+            projection.lora_kernel_b.assign(rng.standard_normal(projection.lora_kernel_b.shape).astype("float32"))
+    projected = [ops.convert_to_numpy(t) for t in attention.project(x)]
+    assert [p.shape[-1] for p in projected] == [32, 8 * n_kv_head, 8 * n_kv_head]
+    for got, projection in zip(projected, (attention.query, attention.key, attention.value)):
+        np.testing.assert_allclose(got, ops.convert_to_numpy(projection(x)), rtol=1e-6, atol=1e-6)

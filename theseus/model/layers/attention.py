@@ -1,8 +1,9 @@
-"""Causal self-attention with separate q/k/v projections, grouped-query heads and RoPE.
+"""Causal self-attention with separate q/k/v weights, grouped-query heads and RoPE.
 
-Separate projections keep each weight's logical axes whole: the query projection is
+Separate weights keep each one's logical axes whole: the query projection is
 `(N_EMBD, N_ATTN)`, keys and values `(N_EMBD, N_KV)`, the output `(N_EMBD_OUT, N_EMBD)`,
-so tensor parallelism splits heads, never the inside of a head.
+so tensor parallelism splits heads, never the inside of a head. Where nothing shards them
+they are applied as one product (`CausalSelfAttention.project`).
 
 `cache_positions` and `cache_attention_mask` turn a key/value cache's padding mask into
 the positions and attention mask a family's `call_with_cache` needs during generation.
@@ -19,7 +20,7 @@ from keras import ops
 
 from theseus.model.axes import Axes
 from theseus.model.layers.base import Layer
-from theseus.model.layers.dense import Dense
+from theseus.model.layers.dense import Dense, matmul
 from theseus.model.layers.norms import RMSNorm
 from theseus.model.layers.rotary import apply_rotary
 
@@ -111,9 +112,10 @@ class CausalSelfAttention(Layer):
             The output (B, T, C), and the updated cache when one was given.
         """
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
-        q = ops.reshape(self.query(x), (batch, length, self.n_head, self.head_dim))  # (B, T, H, hd)
-        k = ops.reshape(self.key(x), (batch, length, self.n_kv_head, self.head_dim))  # (B, T, Hkv, hd)
-        v = ops.reshape(self.value(x), (batch, length, self.n_kv_head, self.head_dim))
+        q, k, v = self.project(x)
+        q = ops.reshape(q, (batch, length, self.n_head, self.head_dim))  # (B, T, H, hd)
+        k = ops.reshape(k, (batch, length, self.n_kv_head, self.head_dim))  # (B, T, Hkv, hd)
+        v = ops.reshape(v, (batch, length, self.n_kv_head, self.head_dim))
         if self.qk_norm:
             q, k = self.query_norm(q), self.key_norm(k)
         if rotary is not None:
@@ -132,6 +134,23 @@ class CausalSelfAttention(Layer):
         y = attend(q, k_all, ops.cast(v_all, q.dtype), attention_mask)  # (B, T, H, hd)
         y = self.output_proj(ops.reshape(y, (batch, length, self.n_head * self.head_dim)))
         return (y, cache) if cache is not None else y
+
+    def project(self, x):
+        """The queries, keys and values of `x` (B, T, C), each (B, T, width).
+
+        Without a distribution and without adapters, as one product with the three kernels side
+        by side, the way nanoGPT's `c_attn` is one weight: one matmul instead of three forward and
+        six backward per layer (`benchmarks/README.md`, "Where PyTorch's gap goes"). The weights
+        stay three, so each keeps its logical axes whole, and under a mesh each projection runs
+        on its own shards (joining sharded kernels would gather them).
+        """
+        projections = (self.query, self.key, self.value)
+        if keras.distribution.distribution() is not None or any(p.lora_enabled for p in projections):
+            return tuple(projection(x) for projection in projections)
+        kernel = ops.concatenate([p.kernel for p in projections], axis=1)
+        bias = ops.concatenate([p.bias for p in projections]) if self.qkv_bias else None
+        q_width = self.n_head * self.head_dim
+        return ops.split(matmul(x, kernel, bias), [q_width, q_width + self.n_kv_head * self.head_dim], axis=-1)
 
 
 @functools.cache

@@ -72,6 +72,12 @@ class CausalLM(Module, keras.Model):
         super().compile(optimizer=optimizer, loss=CausalLMLoss() if loss == "auto" else loss, **kwargs)
 
 
+def dropped(dropout: keras.layers.Dropout | None, x, training: bool):
+    """`dropout(x)` where it drops anything: a layer call that returns its input still costs Keras's
+    call machinery, about 0.4 ms each on torch's eager step (9 calls a step for a 4-layer GPT)."""
+    return dropout(x, training=training) if training and dropout is not None and dropout.rate else x
+
+
 class DecoderBlock(Module):
     """A pre-norm residual block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
 
@@ -98,8 +104,8 @@ class DecoderBlock(Module):
         )
         if cache is not None:
             attended, cache = attended
-        x = x + self.dropout(attended, training=training)
-        x = x + self.dropout(self.mlp(self.ln_2(x)), training=training)
+        x = x + dropped(self.dropout, attended, training)
+        x = x + dropped(self.dropout, self.mlp(self.ln_2(x)), training)
         return (x, cache) if cache is not None else x
 
     def get_config(self) -> dict[str, Any]:
@@ -187,8 +193,7 @@ class DecoderLM(CausalLM):
         x = self.wte(token_ids)
         if self.wpe is not None:
             x = x + self.wpe(positions)
-        if self.drop is not None:
-            x = self.drop(x, training=training)
+        x = dropped(self.drop, x, training)
         rotary = rotary_tables(positions, self.inv_freq) if self.inv_freq is not None else None
         return x, rotary
 
