@@ -2,6 +2,7 @@
 
     python benchmarks/memory.py [--batch 4] [--seq 256]
     python benchmarks/memory.py --model qwen2.5-0.5b [--batch 4] [--seq 1024] [--real-batch 1 --real-seq 256]
+    python benchmarks/memory.py --model qwen2.5-0.5b --real-batch 1 --real-seq 1024 --real-backend torch
 
 A 124M-parameter GPT (12 layers, 12 heads, width 768, vocabulary 50304, float32) trained
 for `--steps` steps with `model.fit` and theseus's AdamW, in a fresh process. Measured:
@@ -17,7 +18,8 @@ activations the backward pass keeps, counted layer by layer below.
 full logits (`loss_chunk=0`) and with the chunked loss (`loss_chunk=auto`), dense and with LoRA
 (rank 8 on every attention and MLP projection): XLA's bytes of the compiled step at `--batch` x
 `--seq` (compiled only: the step is not run), and, with `--real-batch`, each variant's peak
-resident memory and step time over real steps at that size, each in a fresh process.
+resident memory and step time over real steps at that size, each in a fresh process;
+`--real-backend torch` runs those real steps on PyTorch (and only them).
 """
 
 from __future__ import annotations
@@ -136,7 +138,11 @@ def real_steps(variant: str, batch: int, seq: int) -> dict[str, float]:
     model.fit(tokens[:batch, :-1], tokens[:batch, 1:], **fit)  # compiles
     start = time.perf_counter()
     model.fit(tokens[batch:, :-1], tokens[batch:, 1:], **fit)  # two steps
-    return {"peak_rss": peak_rss() - before, "step_s": (time.perf_counter() - start) / 2}
+    return {
+        "peak_rss": peak_rss() - before,
+        "step_s": (time.perf_counter() - start) / 2,
+        "loss_chunk": model.loss_chunk,
+    }
 
 
 def head_times(batch: int, seq: int, rounds: int = 3) -> dict[str, float]:
@@ -161,16 +167,19 @@ def head_times(batch: int, seq: int, rounds: int = 3) -> dict[str, float]:
     return {name: min(found) for name, found in times.items()}
 
 
-def in_fresh_process(what: str, variant: str, batch: int, seq: int) -> dict[str, float]:
-    """`compiled_step` or `real_steps` of `variant` in a fresh process (its own peak memory, none left behind)."""
+def in_fresh_process(what: str, variant: str, batch: int, seq: int, backend: str = "jax") -> dict[str, float]:
+    """`compiled_step` or `real_steps` of `variant` in a fresh process of `backend` (its own peak memory)."""
     command = [sys.executable, __file__, f"--{what}", variant, "--batch", str(batch), "--seq", str(seq)]
-    out = subprocess.run(command, capture_output=True, text=True, check=True)
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def qwen_report(args: argparse.Namespace) -> None:
     """The Qwen2.5-0.5B-shaped table: compiled-step bytes at batch x seq, real steps at the real size."""
-    print(f"\nQwen2.5-0.5B shape (random weights), AdamW, float32, backend {keras.backend.backend()}\n")
+    print(f"\nQwen2.5-0.5B shape (random weights), AdamW, float32, real steps on {args.real_backend}\n")
+    if args.real_backend != "jax":  # XLA's bytes and the jitted head are JAX's own
+        return real_steps_table(args)
     logits = args.batch * args.seq * QWEN["vocab_size"] * 4
     print(
         f"float32 logits at batch {args.batch} x {args.seq}: {logits / MB:,.0f} MB (and as much for their gradient)\n"
@@ -182,13 +191,17 @@ def qwen_report(args: argparse.Namespace) -> None:
     times = head_times(args.real_batch or 1, args.real_seq)
     print(f"\nhead + loss + their gradient alone at {args.real_batch or 1} x {args.real_seq}, best of 3 alternating:")
     print(f"full {times['full']:.2f} s, chunked {times['chunked']:.2f} s ({times['chunked'] / times['full']:.2f}x)")
-    if not args.real_batch:
-        return
+    if args.real_batch:
+        real_steps_table(args)
+
+
+def real_steps_table(args: argparse.Namespace) -> None:
     print(f"\nreal steps at batch {args.real_batch} x {args.real_seq} (each variant in a fresh process)\n")
-    print("| step | peak RSS above the runtime (MB) | seconds a step |\n|---|---|---|")
+    print("| step | loss_chunk | peak RSS above the runtime (MB) | seconds a step |\n|---|---|---|---|")
     for variant in VARIANTS:
-        found = in_fresh_process("real-steps", variant, args.real_batch, args.real_seq)
-        print(f"| {variant} | {found['peak_rss'] / MB:,.0f} | {found['step_s']:.2f} |", flush=True)
+        found = in_fresh_process("real-steps", variant, args.real_batch, args.real_seq, args.real_backend)
+        row = f"| {variant} | {found['loss_chunk']} | {found['peak_rss'] / MB:,.0f} | {found['step_s']:.2f} |"
+        print(row, flush=True)
 
 
 def main() -> None:
@@ -199,6 +212,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--real-batch", type=int, default=0, help="qwen2.5-0.5b: real steps at this batch (0: none)")
     parser.add_argument("--real-seq", type=int, default=256)
+    parser.add_argument("--real-backend", choices=["jax", "torch"], default="jax", help="torch: the real steps only")
     parser.add_argument("--compiled-step", default=None, help=argparse.SUPPRESS)  # the qwen report's subprocesses
     parser.add_argument("--real-steps", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -7,11 +7,13 @@ from support import needs_jax
 
 from theseus.base.targets import IGNORE_INDEX
 from theseus.config import ConfigError, build, collect, resolve
-from theseus.model.chunked_loss import AUTO_VOCABULARY, chunk_size
+from theseus.model.chunked_loss import AUTO_VOCABULARY, BACKENDS, chunk_size
 from theseus.model.models import GPT, Llama
 from theseus.training.config import TrainingSection
 
 JAX = keras.backend.backend() == "jax"
+CHUNKED = keras.backend.backend() in BACKENDS
+needs_chunked = pytest.mark.skipif(not CHUNKED, reason="TensorFlow keeps the full logits")
 
 
 def tiny(family=Llama, vocab=97, tied=False, **kwargs):
@@ -48,7 +50,25 @@ def step_function(model, chunk, optimizer="sgd"):
     return jax.jit(jax.value_and_grad(loss))
 
 
-@needs_jax("the chunked loss has its own gradient on JAX only")
+def loss_and_gradients(model, chunk, x, y, sample_weight=None):
+    """The training loss of `model` on a batch, compiled with `loss_chunk=chunk`, and its gradient in
+    each trainable weight (as numpy): on JAX through `step_function`, on torch by autograd."""
+    if JAX:
+        trainable = [v.value for v in model.trainable_variables]
+        loss, grads = step_function(model, chunk)(trainable, x, y, sample_weight)
+    else:
+        import torch
+
+        model.compile(optimizer="sgd", loss_chunk=chunk)
+        # a copy: Keras's torch loss scales the weights it is given in place (`apply_mask`)
+        weights = None if sample_weight is None else torch.tensor(sample_weight)
+        loss = model.compute_loss(x, torch.as_tensor(y), model(x, training=True), weights, training=True)
+        grads = torch.autograd.grad(loss, [v.value for v in model.trainable_variables])
+    assert model.loss_chunk == chunk
+    return keras.ops.convert_to_numpy(loss), [keras.ops.convert_to_numpy(g) for g in grads]
+
+
+@needs_chunked
 @pytest.mark.parametrize(
     "family, tied, chunk, weighted",
     [(GPT, True, 7, False), (Llama, False, 4, True), (Llama, False, 1000, False)],
@@ -57,33 +77,30 @@ def test_loss_and_every_gradient_equal_full_logits(family, tied, chunk, weighted
     model = tiny(family, tied=tied)
     x, y = batch()  # 27 targets: chunks of 7 or 4 tokens (2 or 1 positions a row) do not divide them
     weights = np.repeat(np.linspace(0.5, 2.0, 3, dtype="float32")[:, None], 9, axis=1) if weighted else None
-    trainable = [v.value for v in model.trainable_variables]
-    full, full_grads = step_function(model, 0)(trainable, x, y, weights)
-    assert model.loss_chunk == 0
-    chunked, grads = step_function(model, chunk)(trainable, x, y, weights)
-    assert model.loss_chunk == chunk and keras.ops.shape(model(x, training=True))[-1] == 32  # no logits in training
+    full, full_grads = loss_and_gradients(model, 0, x, y, weights)
+    chunked, grads = loss_and_gradients(model, chunk, x, y, weights)
+    assert keras.ops.shape(model(x, training=True))[-1] == 32  # no logits in training
     np.testing.assert_allclose(float(chunked), float(full), rtol=1e-6, atol=1e-6)
     for variable, a, b in zip(model.trainable_variables, grads, full_grads, strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, err_msg=variable.path)
-    assert np.abs(np.asarray(full_grads[0])).max() > 1e-4  # the gradients compared are not all zero
+        np.testing.assert_allclose(a, b, atol=1e-5, err_msg=variable.path)
+    assert np.abs(full_grads[0]).max() > 1e-4  # the gradients compared are not all zero
 
 
-@needs_jax("the chunked loss has its own gradient on JAX only")
+@needs_chunked
 def test_a_frozen_head_and_a_loss_of_no_targets():
     model = tiny(Llama, tied=False)
     model.lm_head.trainable = False  # e.g. a LoRA fine-tune: the head's gradient is not computed
     x, y = batch()
-    trainable = [v.value for v in model.trainable_variables]
-    full, full_grads = step_function(model, 0)(trainable, x, y)
-    chunked, grads = step_function(model, 5)(trainable, x, y)
+    full, full_grads = loss_and_gradients(model, 0, x, y)
+    chunked, grads = loss_and_gradients(model, 5, x, y)
     np.testing.assert_allclose(float(chunked), float(full), rtol=1e-6)
     for a, b in zip(grads, full_grads, strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
-    nothing, zeros = step_function(model, 5)(trainable, x, np.full_like(y, IGNORE_INDEX))
-    assert float(nothing) == 0.0 and all(not np.asarray(g).any() for g in zeros)
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    nothing, zeros = loss_and_gradients(model, 5, x, np.full_like(y, IGNORE_INDEX))
+    assert float(nothing) == 0.0 and all(not g.any() for g in zeros)
 
 
-@needs_jax("the chunked loss has its own gradient on JAX only")
+@needs_chunked
 def test_bfloat16_chunked_loss_stays_float32_and_close():
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_bfloat16")
@@ -92,13 +109,12 @@ def test_bfloat16_chunked_loss_stays_float32_and_close():
     finally:
         keras.config.set_dtype_policy(previous)
     x, y = batch()
-    trainable = [v.value for v in model.trainable_variables]
-    full, full_grads = step_function(model, 0)(trainable, x, y)
-    chunked, grads = step_function(model, 6)(trainable, x, y)
+    full, full_grads = loss_and_gradients(model, 0, x, y)
+    chunked, grads = loss_and_gradients(model, 6, x, y)
     assert chunked.dtype == "float32" and all(g.dtype == "float32" for g in grads)
     np.testing.assert_allclose(float(chunked), float(full), rtol=1e-3)
     for a, b in zip(grads, full_grads, strict=True):  # bfloat16 products: the same within their rounding
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-3, rtol=2e-2)
+        np.testing.assert_allclose(a, b, atol=2e-3, rtol=2e-2)
 
 
 def fitted(chunk, micro_steps):
@@ -114,7 +130,7 @@ def fitted(chunk, micro_steps):
 def test_fit_trains_the_same_weights_with_gradient_accumulation():
     chunked, chunked_loss = fitted(5, micro_steps=2)
     full, full_loss = fitted(0, micro_steps=2)
-    assert chunked.loss_chunk == (5 if JAX else 0)  # other backends keep the full logits
+    assert chunked.loss_chunk == (5 if CHUNKED else 0)  # TensorFlow keeps the full logits
     np.testing.assert_allclose(chunked_loss, full_loss, rtol=1e-5)
     for a, b in zip(chunked.weights, full.weights, strict=True):
         np.testing.assert_allclose(*map(keras.ops.convert_to_numpy, (a, b)), atol=1e-5, err_msg=a.path)
@@ -134,7 +150,7 @@ def test_the_config_key_selects_the_chunked_loss():
     for bad in ("-1", "chunky", "1.5"):
         with pytest.raises(ConfigError, match="training/loss_chunk"):
             loss_chunk(bad)
-    on = 1 if JAX else 0
+    on = 1 if CHUNKED else 0
     assert chunk_size("auto", AUTO_VOCABULARY) == 0 and chunk_size("auto", 151_936) == 512 * on
     assert chunk_size(True, 320) == 2**18 * on and chunk_size(0, 151_936) == chunk_size(False, 151_936) == 0
     with pytest.raises(ValueError, match="loss_chunk"):

@@ -10,12 +10,13 @@ at any time, forward or backward, and no matmul is done twice (so a step costs n
 with full logits). It is the loss `CausalLMLoss` computes, averaged over the targets that are
 not `IGNORE_INDEX` (tested equal, with its gradients, within 1e-5).
 
-JAX only (a `jax.custom_vjp` around a `lax.scan`); on TensorFlow and PyTorch `chunk_size`
-says 0 and models keep the full logits.
+On JAX (a `jax.custom_vjp` around a `lax.scan`) and PyTorch (a `torch.autograd.Function` around
+a loop); on TensorFlow `chunk_size` says 0 and models keep the full logits.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -37,13 +38,16 @@ on a loaded CPU); 512 MiB (and its gradient) stays under 3% of that model's step
 
 MIN_CHUNK = 128
 
+BACKENDS = ("jax", "torch")
+"""Backends where the chunked loss has its own gradient; TensorFlow keeps the full logits."""
+
 
 def chunk_size(setting: int | bool | str, vocab_size: int) -> int:
     """Tokens per chunk for the `training/loss_chunk` setting at `vocab_size`; 0 = full logits.
 
     `"auto"`: chunked above `AUTO_VOCABULARY`, in chunks of `CHUNK_BYTES` of logits; `True`: the
     same chunks at any vocabulary; a positive integer: chunks of that many tokens; `0` or `False`:
-    off. Off on backends other than JAX.
+    off. Off on backends other than `BACKENDS`.
     """
     if isinstance(setting, bool) or setting == "auto":
         on = setting is True or (setting == "auto" and vocab_size > AUTO_VOCABULARY)
@@ -55,7 +59,7 @@ def chunk_size(setting: int | bool | str, vocab_size: int) -> int:
         raise ValueError(
             f"Argument `loss_chunk` must be 'auto', a bool or a number of tokens >= 0. Received: loss_chunk={setting!r}"
         )
-    return chunk if keras.backend.backend() == "jax" else 0
+    return chunk if keras.backend.backend() in BACKENDS else 0
 
 
 def chunked_loss(
@@ -94,11 +98,29 @@ def chunked_loss(
 
 def _chunked_sum(head, hidden, weight, targets, scale, chunk: int, weight_grad: bool):
     """`sum(scale * (logsumexp(logits) - logits[target]))` over every position, chunk by chunk."""
+    batch, length = hidden.shape[0], hidden.shape[1]
+    positions = max(1, min(chunk // batch, length))  # per row and chunk
+    if keras.backend.backend() == "torch":
+        return _torch_chunked_sum().apply(hidden, weight, targets, scale, head, positions, weight_grad)
+    return _jax_chunked_sum(head, hidden, weight, targets, scale, positions, weight_grad)
+
+
+def _chunk_loss(logits, target, scale):
+    """A chunk's summed loss and its gradient in the logits, `scale * (softmax - one_hot(target))`."""
+    top = ops.stop_gradient(ops.max(logits, axis=-1, keepdims=True))
+    shifted = logits - top
+    exps = ops.exp(shifted)
+    sums = ops.sum(exps, axis=-1)
+    picked = ops.take_along_axis(shifted, target[..., None], axis=-1)[..., 0]
+    gradient = exps / sums[..., None] - ops.one_hot(target, ops.shape(logits)[-1], dtype=logits.dtype)
+    return ops.sum(scale * (ops.log(sums) - picked)), gradient * scale[..., None]
+
+
+def _jax_chunked_sum(head, hidden, weight, targets, scale, positions: int, weight_grad: bool):
     import jax
     import jax.numpy as jnp
 
     batch, length, width = hidden.shape
-    positions = max(1, min(chunk // batch, length))  # per row and chunk
     parts = -(-length // positions)
     padding = parts * positions - length  # padded positions have scale 0: they add nothing
 
@@ -106,19 +128,11 @@ def _chunked_sum(head, hidden, weight, targets, scale, chunk: int, weight_grad: 
         x = jnp.pad(x, [(0, 0), (0, padding)] + [(0, 0)] * (x.ndim - 2))
         return jnp.moveaxis(x.reshape(batch, parts, positions, *x.shape[2:]), 1, 0)
 
-    def losses(logits, target, scale):  # (B, t, V), (B, t), (B, t) -> the chunk's sum, and softmax
-        top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-        shifted = logits - top
-        exps = jnp.exp(shifted)
-        sums = jnp.sum(exps, axis=-1)
-        picked = jnp.take_along_axis(shifted, target[..., None], axis=-1)[..., 0]
-        return jnp.sum(scale * (jnp.log(sums) - picked)), exps / sums[..., None]
-
     @jax.custom_vjp
     def summed(hidden, weight, targets, scale):
         def step(total, xs):
             h, t, s = xs
-            return total + losses(head(h, weight), t, s)[0], None
+            return total + _chunk_loss(head(h, weight), t, s)[0], None
 
         return jax.lax.scan(step, jnp.zeros((), "float32"), (chunks(hidden), chunks(targets), chunks(scale)))[0]
 
@@ -127,9 +141,8 @@ def _chunked_sum(head, hidden, weight, targets, scale, chunk: int, weight_grad: 
             total, weight_gradient = carry
             h, t, s = xs
             logits, pullback = jax.vjp(head, h, weight)
-            loss, probabilities = losses(logits, t, s)
-            one_hot = jax.nn.one_hot(t, logits.shape[-1], dtype=logits.dtype)
-            d_hidden, d_weight = pullback((probabilities - one_hot) * s[..., None])
+            loss, d_logits = _chunk_loss(logits, t, s)
+            d_hidden, d_weight = pullback(d_logits)
             if weight_grad:
                 weight_gradient = weight_gradient + d_weight.astype("float32")
             return (total + loss, weight_gradient), d_hidden
@@ -146,3 +159,40 @@ def _chunked_sum(head, hidden, weight, targets, scale, chunk: int, weight_grad: 
 
     summed.defvjp(forward, backward)
     return summed(hidden, weight, targets, scale)
+
+
+@functools.cache
+def _torch_chunked_sum() -> type:
+    """The chunked sum as a `torch.autograd.Function` (made on first use: torch loads only on torch)."""
+    import torch
+
+    class ChunkedSum(torch.autograd.Function):
+        """The forward takes each chunk's gradient as it goes (the head's own backward, through
+        `torch.autograd.grad`) and keeps only the hidden states' gradient and the head's sum."""
+
+        @staticmethod
+        def forward(ctx, hidden, weight, targets, scale, head, positions, weight_grad):
+            total = torch.zeros((), dtype=torch.float32)
+            d_hidden = torch.empty_like(hidden)
+            d_weight = torch.zeros(weight.shape, dtype=torch.float32) if weight_grad else None
+            frozen = weight.detach().requires_grad_(weight_grad)
+            for start in range(0, hidden.shape[1], positions):
+                part = slice(start, start + positions)
+                with torch.enable_grad():
+                    h = hidden[:, part].detach().requires_grad_()
+                    logits = head(h, frozen)
+                loss, d_logits = _chunk_loss(logits.detach(), targets[:, part], scale[:, part])
+                grads = torch.autograd.grad(logits, (h, frozen) if weight_grad else (h,), d_logits)
+                total += loss
+                d_hidden[:, part] = grads[0]
+                if weight_grad:
+                    d_weight += grads[1]
+            ctx.save_for_backward(d_hidden, d_weight.to(weight.dtype) if weight_grad else None)
+            return total
+
+        @staticmethod
+        def backward(ctx, g):
+            d_hidden, d_weight = ctx.saved_tensors
+            return g * d_hidden, None if d_weight is None else g * d_weight, None, None, None, None, None
+
+    return ChunkedSum
