@@ -124,7 +124,7 @@ def main() -> None:
     for op in ops[: args.rows]:
         (a, na), (b, nb) = ours.get(op, (0.0, 0)), theirs.get(op, (0.0, 0))
         print(f"| {op} | {a:.1f} | {na} | {b:.1f} | {nb} |")
-    rest = [sum(t for op, (t, _) in table.items() if op not in ops[: args.rows]) for table in (ours, theirs)]
+    rest = [sum(t for op, (t, _) in table.items() if op not in {*ops[: args.rows], WALL}) for table in (ours, theirs)]
     total = [sum(t for op, (t, _) in table.items() if op != WALL) for table in (ours, theirs)]
     wall = [table[WALL][0] for table in (ours, theirs)]
     print(
