@@ -172,9 +172,9 @@ def _torch_chunked_sum() -> type:
 
         @staticmethod
         def forward(ctx, hidden, weight, targets, scale, head, positions, weight_grad):
-            total = torch.zeros((), dtype=torch.float32)
+            total = hidden.new_zeros((), dtype=torch.float32)
             d_hidden = torch.empty_like(hidden)
-            d_weight = torch.zeros(weight.shape, dtype=torch.float32) if weight_grad else None
+            d_weight = weight.new_zeros(weight.shape, dtype=torch.float32) if weight_grad else None
             frozen = weight.detach().requires_grad_(weight_grad)
             for start in range(0, hidden.shape[1], positions):
                 part = slice(start, start + positions)

@@ -140,7 +140,7 @@ class CausalSelfAttention(Layer):
 
         Without a distribution and without adapters, as one product with the three kernels side
         by side, the way nanoGPT's `c_attn` is one weight: one matmul instead of three forward and
-        six backward per layer (`benchmarks/README.md`, "Where PyTorch's gap goes"). The weights
+        six backward per layer (`benchmarks/README.md`, "the PyTorch step closed"). The weights
         stay three, so each keeps its logical axes whole, and under a mesh each projection runs
         on its own shards (joining sharded kernels would gather them).
         """
