@@ -53,8 +53,8 @@ class NormTracking:
     measuring = True
     """Whether the next `apply` measures the norms. A compiled step (JAX, TensorFlow, torch.compile)
     is traced once and always measures; on torch's eager step `MetricsLogger` turns it on only for
-    the steps that log: the norms are a few hundred small ops, about 3% of an eager step of the
-    default job (`benchmarks/README.md`)."""
+    the steps that log: the norms are a few hundred small eager ops a step (a copy of every weight,
+    two global norms; the PyTorch profile in `benchmarks/README.md`'s floors section)."""
 
     def build(self, variables: Sequence[keras.Variable]) -> None:
         super().build(variables)
